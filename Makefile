@@ -1,0 +1,35 @@
+# The two commands of README's Quickstart: `make report` and `make test`.
+# Set-up is a stamp file: it reruns only when pyproject.toml or this Makefile changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bnspec-setup
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Keep framework thread pools to the 2 cores this project is sized for.
+export OMP_NUM_THREADS ?= 1
+export TF_NUM_INTRAOP_THREADS ?= 1
+export TF_NUM_INTEROP_THREADS ?= 1
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: setup test report clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU wheel: nothing later may pull a CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[all,dev]'
+	# tf-keras (Keras 2) declares the full `tensorflow` wheel; tensorflow-cpu provides it.
+	$(PIP) --no-deps tf-keras==2.21.0
+	$(PY) -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+report: setup
+	$(PY) -m bnspec run --out reports
+
+clean:
+	rm -rf $(VENV)

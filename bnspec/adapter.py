@@ -1,0 +1,125 @@
+"""The adapter protocol: what an implementation declares, and the one call it answers.
+
+An adapter translates a canonical :class:`~bnspec.case.Case` into framework calls, with every
+setting passed explicitly, and the framework's outputs back into a NumPy
+:class:`~bnspec.case.Result`. It declares the profile it claims and its capabilities; it never
+judges. A setting the framework cannot express raises :class:`~bnspec.errors.UnsupportedFeature`.
+
+Adapter modules must not import their framework at module level: discovery and ``bnspec list``
+import the module, and only the worker process calls :meth:`Adapter.setup`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from bnspec.case import Case, Result
+from bnspec.errors import UnsupportedFeature
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    ranks: tuple[int, ...] = (2, 3, 4, 5)
+    dtypes: tuple[str, ...] = ("float64", "float32")
+    layouts: tuple[str, ...] = ("channels_first",)
+    gradients: bool = False
+    cumulative_momentum: bool = False  # momentum=None
+    frozen: bool = False  # a frozen layer called in training mode
+    affine_off: bool = True  # gamma/beta absent
+    untracked: bool = False  # track_running_stats=False: no running statistics at all
+    initial_running: bool = True  # running statistics can be set before the first step
+    batch_stats: bool = False  # exposes the batch mean and variance
+    eval_steps: bool = True
+    train_steps: bool = True
+    momentum_values: str = "any"  # "any" | "fixed:<value>" for ops without a momentum
+    notes: str = ""
+
+
+@dataclass
+class Adapter:
+    """Base class; subclass and override :meth:`setup` and :meth:`run`.
+
+    ``framework`` is the distribution whose version the report shows (read with
+    ``importlib.metadata``, never by importing). ``worker_env`` holds environment variables the
+    worker process needs before it imports anything (``KERAS_BACKEND``, thread counts).
+    ``python`` names another interpreter to run the worker in (None: the CLI's own).
+    """
+
+    name: str
+    framework: str
+    profile: str
+    description: str = ""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    worker_env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
+    extra_frameworks: tuple[str, ...] = ()
+
+    def setup(self) -> None:
+        """Import the framework. Runs once per worker process."""
+
+    def run(self, case: Case) -> Result:
+        raise NotImplementedError
+
+    def snippet(self, case: Case) -> str:
+        """A copy-pasteable program in the framework's own API that replays ``case``."""
+        return f"# no snippet for adapter {self.name!r}"
+
+    # -- helpers for subclasses and the engine --
+    def framework_version(self) -> str | None:
+        try:
+            return metadata.version(self.framework)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def installed(self) -> bool:
+        if self.python is not None:
+            return True  # another environment: the worker reports at start-up
+        return self.framework_version() is not None and all(
+            _installed(d) for d in self.extra_frameworks
+        )
+
+    def check_supported(self, case: Case) -> None:
+        """Raise UnsupportedFeature for any part of the case outside the capabilities."""
+        cap = self.capabilities
+        if case.rank not in cap.ranks:
+            raise UnsupportedFeature(f"rank {case.rank} (supported: {cap.ranks})")
+        if case.dtype not in cap.dtypes:
+            raise UnsupportedFeature(f"dtype {case.dtype} (supported: {cap.dtypes})")
+        if case.layout not in cap.layouts:
+            raise UnsupportedFeature(f"layout {case.layout} (supported: {cap.layouts})")
+        if case.needs_gradients and not cap.gradients:
+            raise UnsupportedFeature("gradients")
+        if case.momentum is None and not cap.cumulative_momentum:
+            raise UnsupportedFeature("momentum=None (cumulative average)")
+        if any(s.frozen for s in case.steps) and not cap.frozen:
+            raise UnsupportedFeature("a frozen layer")
+        if not case.affine and not cap.affine_off:
+            raise UnsupportedFeature("affine=False")
+        if not case.track_running_stats and not cap.untracked:
+            raise UnsupportedFeature("track_running_stats=False")
+        if any(s.mode == "eval" for s in case.steps) and not cap.eval_steps:
+            raise UnsupportedFeature("eval steps")
+        if any(s.mode == "train" for s in case.steps) and not cap.train_steps:
+            raise UnsupportedFeature("train steps")
+
+
+def _installed(dist: str) -> bool:
+    try:
+        metadata.version(dist)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def channels_last(a, rank: int):  # type: ignore[no-untyped-def]
+    """(N, C, *spatial) -> (N, *spatial, C), for frameworks that normalize the last axis."""
+    import numpy as np
+
+    return np.moveaxis(a, 1, -1) if rank > 2 else a
+
+
+def channels_first(a, rank: int):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    return np.moveaxis(a, -1, 1) if rank > 2 else a

@@ -1,0 +1,264 @@
+"""The vocabulary of one check: a :class:`Case` in, a :class:`Result` out.
+
+Arrays are in the canonical layout (N, C, *spatial) and stored as float64 holding values that
+are exactly representable in the case's dtype; an adapter casts them into its framework's dtype
+and layout. Hyperparameters are canonical: ``momentum`` is the weight of the *batch* statistic
+(PyTorch's convention; None is the cumulative average), and each adapter translates it into its
+framework's own convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from bnspec.dtypes import check_dtype, round_to
+from bnspec.errors import InvalidCase
+
+Mode = Literal["train", "eval"]
+Layout = Literal["channels_first", "channels_last"]
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One call of the layer: a training or an eval step on batch ``x``.
+
+    ``frozen`` is a training call of a frozen layer (Keras ``trainable=False`` called with
+    ``training=True``). ``grad_output`` is the upstream gradient dy; when given, the step also
+    yields dx, dgamma and dbeta.
+    """
+
+    mode: Mode
+    x: np.ndarray
+    frozen: bool = False
+    grad_output: np.ndarray | None = None
+
+    @property
+    def updates_running(self) -> bool:
+        return self.mode == "train" and not self.frozen
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    steps: tuple[Step, ...]
+    running_mean: np.ndarray
+    running_var: np.ndarray
+    gamma: np.ndarray | None = None  # None together with beta: affine=False
+    beta: np.ndarray | None = None
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+    dtype: str = "float64"
+    param_dtype: str = "float64"
+    track_running_stats: bool = True
+    layout: Layout = "channels_first"
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype)
+        check_dtype(self.param_dtype)
+        if not self.steps:
+            raise InvalidCase("a Case needs at least one step")
+        c = self.num_features
+        for i, s in enumerate(self.steps):
+            if s.mode not in ("train", "eval"):
+                raise InvalidCase(f"step {i}: mode={s.mode!r}; allowed: 'train' | 'eval'")
+            if not 2 <= s.x.ndim <= 5:
+                raise InvalidCase(f"step {i}: x has rank {s.x.ndim}; bnspec handles ranks 2-5")
+            if s.x.shape[1] != c:
+                raise InvalidCase(f"step {i}: x has {s.x.shape[1]} channels, step 0 has {c}")
+            if s.grad_output is not None and s.grad_output.shape != s.x.shape:
+                raise InvalidCase(f"step {i}: grad_output shape differs from x's")
+        if (self.gamma is None) != (self.beta is None):
+            raise InvalidCase("gamma and beta are both given (affine) or both None")
+        for name in ("gamma", "beta", "running_mean", "running_var"):
+            v = getattr(self, name)
+            if v is not None and v.shape != (c,):
+                raise InvalidCase(f"{name} has shape {v.shape}; expected ({c},)")
+        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
+            raise InvalidCase(f"eps={self.eps!r}; expected a float >= 0")
+        if self.momentum is not None and not 0.0 <= self.momentum <= 1.0:
+            raise InvalidCase(f"momentum={self.momentum!r}; expected a float in [0, 1] or None")
+
+    @property
+    def num_features(self) -> int:
+        return int(self.steps[0].x.shape[1])
+
+    @property
+    def affine(self) -> bool:
+        return self.gamma is not None
+
+    @property
+    def rank(self) -> int:
+        return int(self.steps[0].x.ndim)
+
+    @property
+    def needs_gradients(self) -> bool:
+        return any(s.grad_output is not None for s in self.steps)
+
+    def replace(self, **changes: Any) -> Case:
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation: exact (float64 values written with repr), NaN/Inf as strings --
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "steps"
+        }
+        for k in ("running_mean", "running_var", "gamma", "beta"):
+            d[k] = encode_array(d[k])
+        d["steps"] = [
+            {
+                "mode": s.mode,
+                "frozen": s.frozen,
+                "x": encode_array(s.x),
+                "grad_output": encode_array(s.grad_output),
+            }
+            for s in self.steps
+        ]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Case:
+        d = dict(d)
+        steps = tuple(
+            Step(
+                mode=s["mode"],
+                x=decode_array(s["x"]),
+                frozen=bool(s.get("frozen", False)),
+                grad_output=decode_array(s.get("grad_output")),
+            )
+            for s in d.pop("steps")
+        )
+        for k in ("running_mean", "running_var", "gamma", "beta"):
+            d[k] = decode_array(d.get(k))
+        return cls(steps=steps, **d)
+
+    def case_id(self) -> str:
+        """A stable id: the hash of the case's canonical JSON."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def make_case(
+    xs: list[np.ndarray] | np.ndarray,
+    *,
+    modes: list[Mode] | str = "train",
+    gamma: np.ndarray | None | Literal["default"] = "default",
+    beta: np.ndarray | None | Literal["default"] = "default",
+    running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None,
+    grad_outputs: list[np.ndarray | None] | None = None,
+    frozen: list[bool] | None = None,
+    dtype: str = "float64",
+    param_dtype: str | None = None,
+    **hyper: Any,
+) -> Case:
+    """Build a Case, rounding every array into its dtype.
+
+    ``xs`` is one batch or a list of batches; ``modes`` one mode for all or one per batch.
+    ``gamma``/``beta`` default to ones/zeros; pass None for both to build affine=False.
+    """
+    batches = [xs] if isinstance(xs, np.ndarray) else list(xs)
+    n = len(batches)
+    mode_list = [modes] * n if isinstance(modes, str) else list(modes)
+    if len(mode_list) != n:
+        raise InvalidCase(f"{len(mode_list)} modes for {n} batches")
+    grads = grad_outputs if grad_outputs is not None else [None] * n
+    frozen_list = frozen if frozen is not None else [False] * n
+    param_dtype = param_dtype or dtype
+    c = int(np.shape(batches[0])[1])
+
+    def param(value: Any, default: float) -> np.ndarray | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = np.full(c, default)
+        return round_to(value, param_dtype)
+
+    steps = tuple(
+        Step(
+            mode=m,
+            x=round_to(x, dtype),
+            frozen=bool(f),
+            grad_output=None if g is None else round_to(g, dtype),
+        )
+        for x, m, g, f in zip(batches, mode_list, grads, frozen_list, strict=True)
+    )
+    return Case(
+        steps=steps,
+        gamma=param(gamma, 1.0),
+        beta=param(beta, 0.0),
+        running_mean=round_to(np.zeros(c) if running_mean is None else running_mean, param_dtype),
+        running_var=round_to(np.ones(c) if running_var is None else running_var, param_dtype),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        **hyper,
+    )
+
+
+@dataclass(eq=False)
+class StepResult:
+    """What one step produced. Anything an implementation does not expose is None.
+
+    ``batch_var`` is the biased (population) batch variance; ``running_mean``/``running_var``
+    are the statistics after the step as eval mode would read them (debiased where the
+    semantics debias).
+    """
+
+    y: np.ndarray
+    batch_mean: np.ndarray | None = None
+    batch_var: np.ndarray | None = None
+    running_mean: np.ndarray | None = None
+    running_var: np.ndarray | None = None
+    dx: np.ndarray | None = None
+    dgamma: np.ndarray | None = None
+    dbeta: np.ndarray | None = None
+    y_dtype: str | None = None
+    running_dtype: str | None = None
+
+    QUANTITIES = ("y", "batch_mean", "batch_var", "running_mean", "running_var", "dx", "dgamma", "dbeta")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {q: encode_array(getattr(self, q)) for q in self.QUANTITIES}
+        d["y_dtype"], d["running_dtype"] = self.y_dtype, self.running_dtype
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepResult:
+        kw: dict[str, Any] = {q: decode_array(d.get(q)) for q in cls.QUANTITIES}
+        return cls(**kw, y_dtype=d.get("y_dtype"), running_dtype=d.get("running_dtype"))
+
+
+@dataclass(eq=False)
+class Result:
+    steps: list[StepResult] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"jax_enable_x64": True}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": [s.to_dict() for s in self.steps], "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        return cls([StepResult.from_dict(s) for s in d["steps"]], dict(d.get("meta", {})))
+
+
+def _encode_float(v: float) -> float | str:
+    return v if math.isfinite(v) else repr(v)  # 'nan', 'inf', '-inf'
+
+
+def encode_array(a: np.ndarray | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    a = np.asarray(a, dtype=np.float64)
+    return {"shape": list(a.shape), "data": [_encode_float(float(v)) for v in a.ravel()]}
+
+
+def decode_array(d: dict[str, Any] | None) -> np.ndarray | None:
+    if d is None:
+        return None
+    return np.array([float(v) for v in d["data"]], dtype=np.float64).reshape(d["shape"])

@@ -1,0 +1,42 @@
+"""One exception hierarchy, rooted at :class:`BnspecError`."""
+
+from __future__ import annotations
+
+
+class BnspecError(Exception):
+    """Base of every error bnspec raises on purpose."""
+
+
+class InvalidSemantics(BnspecError, ValueError):
+    """A knob was given a value outside its allowed set."""
+
+
+class InvalidCase(BnspecError, ValueError):
+    """A Case is malformed (shapes, dtypes, step plan)."""
+
+
+class UnsupportedFeature(BnspecError):
+    """The implementation cannot express a setting of the Case.
+
+    Reported as "not applicable": it is neither a pass nor a divergence.
+    """
+
+
+class SingleValueError(BnspecError, ValueError):
+    """A training step saw one value per channel and the semantics forbid it."""
+
+
+class UnknownName(BnspecError, LookupError):
+    """An adapter or profile name that does not exist; the message lists the alternatives."""
+
+    def __init__(self, kind: str, name: str, available: list[str] | tuple[str, ...]) -> None:
+        self.kind, self.name, self.available = kind, name, sorted(available)
+        super().__init__(f"unknown {kind} {name!r}; available: {', '.join(self.available)}")
+
+
+class AdapterFailure(BnspecError):
+    """A worker crashed, timed out, or could not import its framework."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind  # "crash" | "timeout" | "import" | "bad_output" | "error"
+        super().__init__(f"{kind}: {message}")

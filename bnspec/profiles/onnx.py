@@ -1,0 +1,64 @@
+"""The ONNX BatchNormalization operator (opset 15) and ONNX Runtime."""
+
+from __future__ import annotations
+
+from bnspec.profiles import Profile
+from bnspec.semantics import Semantics
+
+_DEFS = "onnx/defs/nn/defs.cc (BatchNormalization-15)"
+_REF = "onnx/reference/ops/op_batch_normalization.py"
+
+ONNX = Profile(
+    name="onnx",
+    framework="onnx",
+    title="ONNX BatchNormalization-15 (the spec and onnx.reference)",
+    semantics=Semantics(
+        eps=1e-5,
+        eps_placement="inside_sqrt",
+        eps_floor=None,
+        momentum=0.9,
+        momentum_weights="running",
+        normalize_var="biased",
+        running_var_update="biased",
+        ema_debias=False,
+        initial_running=(0.0, 1.0),
+        first_update="ema",
+        train_stats="batch",
+        eval_stats="running",
+        frozen_train_stats=None,
+        variance_algorithm="two_pass",
+        compute_dtype="input",
+        normalize_dtype="compute",
+        output_dtype="input",
+        state_dtype="input",
+        single_value="allowed",
+    ),
+    cite={
+        "eps": f"{_DEFS} (attribute epsilon, default 1e-5)",
+        "eps_placement": f"{_DEFS}: Y = (X - input_mean) / sqrt(input_var + epsilon) * scale + B",
+        "eps_floor": f"{_REF}::_batchnorm_test_mode uses epsilon as given",
+        "momentum": f"{_DEFS} (attribute momentum, default 0.9)",
+        "momentum_weights": f"{_DEFS}: running_mean = input_mean * momentum + current_mean * "
+        "(1 - momentum)",
+        "normalize_var": f"{_REF}::_batchnorm_training_mode (x.var(axis): population variance)",
+        "running_var_update": f"{_DEFS}: current_var = ReduceVar(X) (population variance)",
+        "ema_debias": f"{_DEFS}: no debiasing",
+        "initial_running": "an operator has no initial state: input_mean and input_var are inputs; "
+        "converters export zeros/ones from the source layer",
+        "first_update": f"{_DEFS}: the same blend every call",
+        "train_stats": f"{_REF}::_batchnorm_training_mode normalizes with saved_mean, saved_var",
+        "eval_stats": f"{_DEFS} (training_mode=0: input_mean, input_var)",
+        "frozen_train_stats": "an operator: no frozen notion",
+        "variance_algorithm": f"{_REF} (numpy var: two-pass)",
+        "compute_dtype": f"{_REF} computes in the input's dtype",
+        "normalize_dtype": f"{_REF}::_batchnorm_test_mode",
+        "output_dtype": f"{_DEFS} (Y has type T)",
+        "state_dtype": f"{_DEFS} (running_mean/var have type T2 = T1 or float)",
+        "single_value": f"{_REF}: no check, variance 0",
+    },
+    confirmed="tests/test_onnx_vectors.py reproduces onnx's backend test vectors",
+    state_names={"running_mean": "input_mean", "running_var": "input_var",
+                 "gamma": "scale", "beta": "B"},
+)
+
+PROFILES = [ONNX]
