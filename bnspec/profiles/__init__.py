@@ -1,6 +1,6 @@
 """Named profiles: each framework's BatchNorm as a :class:`Semantics` value, every knob cited.
 
-One module per framework family (``torch``, ``keras``, ``jax``, ``onnx``, ``paper``) defines
+One module per framework family defines
 its profiles; this module only collects them. A citation names the doc page or the framework's
 file and function that decides the knob; ``confirmed`` says how the value was checked by
 running the framework (the adapter tests and ``bnspec fingerprint`` re-check it).
@@ -31,10 +31,10 @@ class Profile:
 
 
 def _collect() -> dict[str, Profile]:
-    from bnspec.profiles import jax, keras, onnx, paper, torch
+    from bnspec.profiles import equinox, flax, haiku, keras, onnx, paper, tensorflow, torch
 
     found: dict[str, Profile] = {}
-    for module in (torch, keras, jax, onnx, paper):
+    for module in (torch, keras, tensorflow, flax, haiku, equinox, onnx, paper):
         for profile in module.PROFILES:
             if profile.name in found:
                 raise ValueError(f"profile {profile.name!r} is defined twice")
