@@ -54,6 +54,7 @@ class Adapter:
     worker_env: dict[str, str] = field(default_factory=dict)
     python: str | None = None
     extra_frameworks: tuple[str, ...] = ()
+    ref: str = ""  # "module:attr" it was loaded from; set by discovery, used by workers
 
     def setup(self) -> None:
         """Import the framework. Runs once per worker process."""

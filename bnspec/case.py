@@ -220,17 +220,22 @@ class StepResult:
     dbeta: np.ndarray | None = None
     y_dtype: str | None = None
     running_dtype: str | None = None
+    # The statistics that normalized this step (filled by the reference; the tolerance model
+    # derives the output's conditioning from them). Adapters leave them None.
+    norm_mean: np.ndarray | None = None
+    norm_var: np.ndarray | None = None
 
     QUANTITIES = ("y", "batch_mean", "batch_var", "running_mean", "running_var", "dx", "dgamma", "dbeta")
+    _ARRAYS = (*QUANTITIES, "norm_mean", "norm_var")
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {q: encode_array(getattr(self, q)) for q in self.QUANTITIES}
+        d: dict[str, Any] = {q: encode_array(getattr(self, q)) for q in self._ARRAYS}
         d["y_dtype"], d["running_dtype"] = self.y_dtype, self.running_dtype
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepResult:
-        kw: dict[str, Any] = {q: decode_array(d.get(q)) for q in cls.QUANTITIES}
+        kw: dict[str, Any] = {q: decode_array(d.get(q)) for q in cls._ARRAYS}
         return cls(**kw, y_dtype=d.get("y_dtype"), running_dtype=d.get("running_dtype"))
 
 

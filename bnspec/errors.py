@@ -40,3 +40,11 @@ class AdapterFailure(BnspecError):
     def __init__(self, kind: str, message: str) -> None:
         self.kind = kind  # "crash" | "timeout" | "import" | "bad_output" | "error"
         super().__init__(f"{kind}: {message}")
+
+
+class FrameworkError(BnspecError):
+    """The framework raised while running a case (e.g. one value per channel)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name, self.message = type_name, message
+        super().__init__(f"{type_name}: {message}")

@@ -117,6 +117,7 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
             c = factor if sem.normalize_var == "unbiased" else 1.0
             mean_s, var_s = mean_b, var_b * c
             w_mean, w_var = 1.0, c
+        res.norm_mean, res.norm_var = _flat(mean_s).astype(np.float64), _flat(var_s).astype(np.float64)
         res.y = _normalize(x, mean_s, var_s, case, sem, ar)
         if step.grad_output is not None:
             _gradients(res, step, mean_s, var_s, w_mean, w_var, mean_b if needs_batch else mean_s, case, sem)

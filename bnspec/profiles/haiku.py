@@ -1,50 +1,87 @@
-"""Haiku profile. Paths are relative to site-packages."""
+"""Haiku profile. Paths are relative to site-packages (dm-haiku 0.0.17, jax 0.10.2)."""
 
 from __future__ import annotations
 
 from bnspec.profiles import Profile
-from bnspec.profiles.flax import FLAX_LINEN
+from bnspec.semantics import Semantics
 
 _HK = "haiku/_src/batch_norm.py"
 _HKEMA = "haiku/_src/moving_averages.py"
+_JNP_MEAN = "jax/_src/numpy/reductions.py::_mean"
 
 HAIKU = Profile(
     name="haiku",
     framework="dm-haiku",
     title="haiku.BatchNorm (zero-debiased ExponentialMovingAverage state)",
-    semantics=FLAX_LINEN.semantics.replace(
+    semantics=Semantics(
+        eps=1e-5,
+        eps_placement="inside_sqrt",
+        eps_floor=None,
+        momentum=0.9,
+        momentum_weights="running",
+        normalize_var="biased",
+        running_var_update="biased",
         ema_debias=True,
         initial_running=(0.0, 0.0),
+        first_update="ema",
+        train_stats="batch",
+        eval_stats="running",
+        frozen_train_stats=None,
         variance_algorithm="one_pass",
         compute_dtype="input",
+        normalize_dtype="compute",
         output_dtype="input",
         state_dtype="input",
+        single_value="allowed",
     ),
     cite={
-        **{k: f"{_HK}::BatchNorm.__call__" for k in FLAX_LINEN.cite},
         "eps": f"{_HK}::BatchNorm.__init__ (eps: float = 1e-5)",
         "eps_placement": f"{_HK}::BatchNorm.__call__ (inv = scale * jax.lax.rsqrt(var + eps))",
-        "momentum": f"{_HK}::BatchNorm.__init__ (decay_rate has no default; 0.99 is the "
-        "documented example)",
-        "momentum_weights": f"{_HKEMA}::ExponentialMovingAverage.__call__ (hidden * decay + "
-        "value * (1 - decay))",
-        "ema_debias": f"{_HKEMA}::ExponentialMovingAverage (zero_debias=True: average = hidden / "
-        "(1 - decay^counter))",
-        "initial_running": f"{_HKEMA}::ExponentialMovingAverage.initialize (hidden and average "
-        "start at zeros)",
-        "variance_algorithm": f"{_HK}::BatchNorm.__call__ (var = mean_of_squares - "
-        "jnp.square(mean), not clamped)",
-        "compute_dtype": f"{_HK}::BatchNorm.__call__ computes in the input's dtype",
-        "output_dtype": f"{_HK}::BatchNorm.__call__ (output in the input's dtype)",
-        "state_dtype": f"{_HKEMA}::ExponentialMovingAverage (state created with the value's dtype)",
+        "eps_floor": f"{_HK}::BatchNorm.__call__: eps is used as given "
+        "(jax.lax.convert_element_type(self.eps, var.dtype))",
+        "momentum": f"{_HK}::BatchNorm.__init__ (decay_rate is required, no default; the "
+        "docstring examples in haiku/_src/module.py and haiku/_src/basic.py use 0.9)",
+        "momentum_weights": f"{_HKEMA}::ExponentialMovingAverage.__call__ (hidden = hidden * "
+        "decay + value * (one - decay)); BatchNorm.__init__ passes decay_rate as the decay",
+        "normalize_var": f"{_HK}::BatchNorm.__call__ (var = mean_of_squares - "
+        "jnp.square(mean): the biased batch variance)",
+        "running_var_update": f"{_HK}::BatchNorm.__call__ (self.var_ema(var) with the same "
+        "biased var; no n/(n-1))",
+        "ema_debias": f"{_HK}::BatchNorm.__init__ builds hk.ExponentialMovingAverage(decay_rate) "
+        f"with its default zero_debias=True, warmup_length=0; {_HKEMA}::"
+        "ExponentialMovingAverage.__call__ (average = hidden / (one - jnp.power(decay, counter)))",
+        "initial_running": f"{_HKEMA}::ExponentialMovingAverage.initialize / __call__ (hidden "
+        "and average created with init=jnp.zeros, counter 0): an eval step before any training "
+        "reads a zero variance",
+        "first_update": f"{_HKEMA}::ExponentialMovingAverage.__call__ blends from the first step "
+        "(with the zero initial hidden state, the debiasing makes the first average equal the "
+        "batch statistic)",
+        "train_stats": f"{_HK}::BatchNorm.__call__ (is_training=True: batch mean and var "
+        "normalize)",
+        "eval_stats": f"{_HK}::BatchNorm.__call__ (is_training=False, test_local_stats=False: "
+        "self.mean_ema.average, self.var_ema.average)",
         "frozen_train_stats": "haiku has no trainable flag on a module: no frozen notion",
-        "eval_stats": f"{_HK}::BatchNorm.__call__ (is_training=False or test_local_stats=False: "
-        "mean_ema.average)",
+        "variance_algorithm": f"{_HK}::BatchNorm.__call__ (var = mean_of_squares - "
+        "jnp.square(mean), not clamped at 0)",
+        "compute_dtype": f"{_HK}::BatchNorm.__call__ (jnp.mean of the input; {_JNP_MEAN} "
+        "accumulates float16/bfloat16 in float32 but rounds each mean to the input dtype, and "
+        "the subtraction and normalization run in the input dtype)",
+        "normalize_dtype": f"{_HK}::BatchNorm.__call__ ((inputs - mean) * inv + offset, all in "
+        "the input dtype)",
+        "output_dtype": f"{_HK}::BatchNorm.__call__ (scale and offset created with w_dtype = "
+        "inputs.dtype, so the output keeps the input's dtype)",
+        "state_dtype": f"{_HKEMA}::ExponentialMovingAverage.__call__ (hidden state created with "
+        "value.dtype: the input's dtype)",
+        "single_value": f"{_HK}::BatchNorm.__call__: no check; one value per channel gives var 0",
     },
-    confirmed="tests/test_adapter_jax.py runs haiku.BatchNorm",
-    state_names={"running_mean": "mean_ema/average", "running_var": "var_ema/average",
-                 "hidden_mean": "mean_ema/hidden", "counter": "mean_ema/counter",
-                 "gamma": "scale", "beta": "offset"},
+    confirmed="tests/test_adapter_haiku_equinox.py runs haiku.BatchNorm against this profile "
+    "(train/eval steps, gradients, affine off, float64/32/16, bfloat16, both data formats)",
+    state_names={"running_mean": "batch_norm/~/mean_ema/average",
+                 "running_var": "batch_norm/~/var_ema/average",
+                 "hidden_mean": "batch_norm/~/mean_ema/hidden",
+                 "hidden_var": "batch_norm/~/var_ema/hidden",
+                 "counter": "batch_norm/~/mean_ema/counter",
+                 "gamma": "batch_norm/scale", "beta": "batch_norm/offset"},
 )
 
 PROFILES = [HAIKU]

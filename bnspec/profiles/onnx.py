@@ -5,8 +5,11 @@ from __future__ import annotations
 from bnspec.profiles import Profile
 from bnspec.semantics import Semantics
 
-_DEFS = "onnx/defs/nn/defs.cc (BatchNormalization-15)"
+# The operator text lives in onnx/defs/nn/defs.cc, compiled into the wheel; the same text is
+# docs/Changelog.md "BatchNormalization-15" and onnx.defs.get_schema("BatchNormalization", 15).doc.
+_DEFS = "onnx docs/Changelog.md BatchNormalization-15 (onnx/defs/nn/defs.cc)"
 _REF = "onnx/reference/ops/op_batch_normalization.py"
+_ORT = "onnxruntime/core/providers/cpu/nn/batch_norm.h (BatchNorm<T>::Compute)"
 
 ONNX = Profile(
     name="onnx",
@@ -27,21 +30,25 @@ ONNX = Profile(
         eval_stats="running",
         frozen_train_stats=None,
         variance_algorithm="two_pass",
-        compute_dtype="input",
+        compute_dtype="promote_float32",
         normalize_dtype="compute",
         output_dtype="input",
         state_dtype="input",
         single_value="allowed",
     ),
     cite={
-        "eps": f"{_DEFS} (attribute epsilon, default 1e-5)",
+        "eps": f"{_DEFS} (attribute epsilon, a FLOAT: its default is float32(1e-5) = "
+        "9.999999747378752e-06, and any value is held in float32)",
         "eps_placement": f"{_DEFS}: Y = (X - input_mean) / sqrt(input_var + epsilon) * scale + B",
-        "eps_floor": f"{_REF}::_batchnorm_test_mode uses epsilon as given",
-        "momentum": f"{_DEFS} (attribute momentum, default 0.9)",
+        "eps_floor": f"{_REF}::_batchnorm_test_mode uses epsilon as given; {_ORT} too "
+        "(no floor on the CPU provider; the CUDA provider's cuDNN path is another matter)",
+        "momentum": f"{_DEFS} (attribute momentum, a FLOAT, default float32(0.9))",
         "momentum_weights": f"{_DEFS}: running_mean = input_mean * momentum + current_mean * "
         "(1 - momentum)",
-        "normalize_var": f"{_REF}::_batchnorm_training_mode (x.var(axis): population variance)",
-        "running_var_update": f"{_DEFS}: current_var = ReduceVar(X) (population variance)",
+        "normalize_var": f"{_DEFS}: Y = (X - current_mean) / sqrt(current_var + epsilon) with "
+        f"current_var = ReduceVar(X); {_REF}::_batchnorm_training_mode (x.var(axis))",
+        "running_var_update": f"{_DEFS}: 'ReduceVar refers to the population variance ... "
+        "(this formula does not use sample size N - 1)'",
         "ema_debias": f"{_DEFS}: no debiasing",
         "initial_running": "an operator has no initial state: input_mean and input_var are inputs; "
         "converters export zeros/ones from the source layer",
@@ -50,13 +57,16 @@ ONNX = Profile(
         "eval_stats": f"{_DEFS} (training_mode=0: input_mean, input_var)",
         "frozen_train_stats": "an operator: no frozen notion",
         "variance_algorithm": f"{_REF} (numpy var: two-pass)",
-        "compute_dtype": f"{_REF} computes in the input's dtype",
+        "compute_dtype": f"{_DEFS}: 'The computation of ReduceMean and ReduceVar uses float "
+        "to avoid overflow for float16 inputs'",
         "normalize_dtype": f"{_REF}::_batchnorm_test_mode",
         "output_dtype": f"{_DEFS} (Y has type T)",
         "state_dtype": f"{_DEFS} (running_mean/var have type T2 = T1 or float)",
-        "single_value": f"{_REF}: no check, variance 0",
+        "single_value": f"{_REF} and {_ORT}: no check; the population variance is 0",
     },
-    confirmed="tests/test_onnx_vectors.py reproduces onnx's backend test vectors",
+    confirmed="tests/test_onnx_vectors.py reproduces onnx's backend test vectors (node tests "
+    "test_batchnorm_* and the pytorch-converted test_BatchNorm*_eval models); "
+    "tests/test_adapter_onnxruntime.py runs ONNX Runtime's CPU provider against it",
     state_names={"running_mean": "input_mean", "running_var": "input_var",
                  "gamma": "scale", "beta": "B"},
 )

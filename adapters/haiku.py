@@ -1,0 +1,206 @@
+"""dm-haiku: ``haiku.BatchNorm`` under ``hk.transform_with_state``.
+
+The running statistics are two ``hk.ExponentialMovingAverage`` modules (``mean_ema`` and
+``var_ema``) with Haiku's defaults (``zero_debias=True``, no warmup): eval mode reads their
+``average``, the zero-debiased ``hidden / (1 - decay^counter)``. The case's running statistics
+become both the hidden state and the average (counter 0), so an eval step before any training
+reads them unchanged and the first update blends into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bnspec.adapter import Adapter, Capabilities, channels_first, channels_last
+from bnspec.case import Case, Result, StepResult
+from bnspec.errors import UnsupportedFeature
+
+_JAX_ENV = {
+    "JAX_PLATFORMS": "cpu",
+    # float64 cases need x64 mode, which must be set before jax is imported.
+    "JAX_ENABLE_X64": "1",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+
+_NAME = "batch_norm"  # the module name: state keys are batch_norm/~/mean_ema, ...
+
+
+@dataclass
+class HaikuAdapter(Adapter):
+    capabilities: Capabilities = field(
+        default_factory=lambda: Capabilities(
+            ranks=(2, 3, 4, 5),
+            dtypes=("float64", "float32", "float16", "bfloat16"),
+            layouts=("channels_first", "channels_last"),
+            gradients=True,
+            cumulative_momentum=False,
+            frozen=False,
+            affine_off=True,
+            untracked=False,
+            initial_running=True,
+            batch_stats=False,
+            notes="runs with JAX_ENABLE_X64=1 (float64 cases); scale/offset and the EMA state "
+            "are created in the input's dtype, so param_dtype must equal dtype; momentum=None "
+            "has no equivalent (decay_rate is a fixed float)",
+        )
+    )
+    worker_env: dict[str, str] = field(default_factory=lambda: dict(_JAX_ENV))
+
+    def setup(self) -> None:
+        import haiku as hk  # noqa: F401
+        import jax
+
+        self._jax = jax
+        self._apply: dict[tuple[Any, ...], Any] = {}
+
+    def _transformed(self, case: Case, data_format: str) -> Any:
+        import haiku as hk
+
+        affine = case.affine
+
+        def forward(x: Any, is_training: bool) -> Any:
+            bn = hk.BatchNorm(
+                create_scale=affine,
+                create_offset=affine,
+                decay_rate=1.0 - float(case.momentum),  # type: ignore[arg-type]
+                eps=case.eps,
+                data_format=data_format,
+                name=_NAME,
+            )
+            return bn(x, is_training=is_training, test_local_stats=False)
+
+        return hk.transform_with_state(forward)
+
+    def run(self, case: Case) -> Result:
+        self.check_supported(case)
+        if case.param_dtype != case.dtype:
+            raise UnsupportedFeature(
+                "param_dtype different from dtype: haiku.BatchNorm creates scale/offset and its "
+                "EMA state in the input's dtype"
+            )
+        jax = self._jax
+        import jax.numpy as jnp
+
+        dt = jnp.dtype(case.dtype)
+        last = case.layout == "channels_last"
+        data_format = "channels_last" if last else "channels_first"
+        transformed = self._transformed(case, data_format)
+        apply = jax.jit(transformed.apply, static_argnums=(4,))
+        c = case.num_features
+
+        # Carried as (C,) vectors in the framework's dtype, reshaped per step to Haiku's
+        # broadcast shape (which depends on the rank and the channel axis).
+        mean_ema = {"hidden": jnp.asarray(case.running_mean, dt),
+                    "average": jnp.asarray(case.running_mean, dt),
+                    "counter": jnp.zeros((), jnp.int32)}
+        var_ema = {"hidden": jnp.asarray(case.running_var, dt),
+                   "average": jnp.asarray(case.running_var, dt),
+                   "counter": jnp.zeros((), jnp.int32)}
+        gamma = None if case.gamma is None else jnp.asarray(case.gamma, dt)
+        beta = None if case.beta is None else jnp.asarray(case.beta, dt)
+
+        out: list[StepResult] = []
+        for step in case.steps:
+            rank = step.x.ndim
+            x = jnp.asarray(channels_last(step.x, rank) if last else step.x, dt)
+            shape = [1] * rank
+            shape[rank - 1 if last and rank > 2 else 1] = c
+
+            def shaped(ema: dict[str, Any], shape: list[int] = shape) -> dict[str, Any]:
+                return {k: v if k == "counter" else v.reshape(shape) for k, v in ema.items()}
+
+            state = {f"{_NAME}/~/mean_ema": shaped(mean_ema), f"{_NAME}/~/var_ema": shaped(var_ema)}
+            params = {} if gamma is None else {
+                _NAME: {"scale": gamma.reshape(shape), "offset": beta.reshape(shape)}}
+            training = step.mode == "train"
+            y, new_state = apply(params, state, None, x, training)
+            res = StepResult(y=_canonical(y, rank, last), y_dtype=str(y.dtype))
+            if step.grad_output is not None:
+                g = jnp.asarray(channels_last(step.grad_output, rank) if last else step.grad_output, dt)
+
+                def loss(p: Any, xx: Any, state: Any = state, g: Any = g, training: bool = training) -> Any:
+                    yy, _ = transformed.apply(p, state, None, xx, training)
+                    return jnp.sum(yy * g)
+
+                dp, dx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+                res.dx = _canonical(dx, rank, last)
+                if gamma is not None:
+                    res.dgamma = np.asarray(dp[_NAME]["scale"], np.float64).reshape(-1)
+                    res.dbeta = np.asarray(dp[_NAME]["offset"], np.float64).reshape(-1)
+            mean_ema = {k: v if k == "counter" else v.reshape(-1)
+                        for k, v in new_state[f"{_NAME}/~/mean_ema"].items()}
+            var_ema = {k: v if k == "counter" else v.reshape(-1)
+                       for k, v in new_state[f"{_NAME}/~/var_ema"].items()}
+            # Eval mode normalizes with mean_ema.average / var_ema.average (the debiased EMA).
+            res.running_mean = np.asarray(mean_ema["average"], np.float64)
+            res.running_var = np.asarray(var_ema["average"], np.float64)
+            res.running_dtype = str(mean_ema["average"].dtype)
+            out.append(res)
+        return Result(out, {"jax_enable_x64": bool(jax.config.jax_enable_x64),
+                            "haiku_ema_counter": int(mean_ema["counter"])})
+
+    def check_supported(self, case: Case) -> None:
+        super().check_supported(case)
+        if not case.track_running_stats:
+            raise UnsupportedFeature("track_running_stats=False: haiku.BatchNorm always has EMAs")
+
+    def snippet(self, case: Case) -> str:
+        last = case.layout == "channels_last"
+        lines = [
+            "import os; os.environ['JAX_ENABLE_X64'] = '1'",
+            "import haiku as hk, jax, jax.numpy as jnp, numpy as np",
+            f"dt = jnp.{case.dtype}",
+            "def forward(x, is_training):",
+            f"    return hk.BatchNorm(create_scale={case.affine}, create_offset={case.affine}, "
+            f"decay_rate={1.0 - float(case.momentum or 0.0)!r}, eps={case.eps!r}, "
+            f"data_format={'channels_last' if last else 'channels_first'!r}, "
+            f"name='batch_norm')(x, is_training)",
+            "f = hk.transform_with_state(forward)",
+        ]
+        c = case.num_features
+        rank = case.rank
+        shape = [1] * rank
+        shape[rank - 1 if last and rank > 2 else 1] = c
+        lines.append(f"shape = {tuple(shape)!r}")
+        lines.append(
+            "ema = lambda v: {'hidden': jnp.asarray(v, dt).reshape(shape), "
+            "'average': jnp.asarray(v, dt).reshape(shape), 'counter': jnp.zeros((), jnp.int32)}")
+        lines.append(
+            f"state = {{'batch_norm/~/mean_ema': ema({case.running_mean.tolist()!r}), "
+            f"'batch_norm/~/var_ema': ema({case.running_var.tolist()!r})}}")
+        if case.affine:
+            assert case.gamma is not None and case.beta is not None
+            lines.append(
+                f"params = {{'batch_norm': {{'scale': jnp.asarray({case.gamma.tolist()!r}, dt)"
+                f".reshape(shape), 'offset': jnp.asarray({case.beta.tolist()!r}, dt)"
+                ".reshape(shape)}}")
+        else:
+            lines.append("params = {}")
+        for i, step in enumerate(case.steps):
+            x = channels_last(step.x, step.x.ndim) if last else step.x
+            lines.append(f"x{i} = jnp.asarray(np.array({x.tolist()!r}), dt)")
+            lines.append(
+                f"y{i}, state = f.apply(params, state, None, x{i}, {step.mode == 'train'})")
+            lines.append(f"print(y{i}, state['batch_norm/~/mean_ema']['average'], "
+                         "state['batch_norm/~/var_ema']['average'])")
+        return "\n".join(lines)
+
+
+def _canonical(a: Any, rank: int, last: bool) -> np.ndarray:
+    arr = np.asarray(np.asarray(a).astype(np.float64))
+    return channels_first(arr, rank) if last else arr
+
+
+HAIKU = HaikuAdapter(
+    name="haiku",
+    framework="dm-haiku",
+    profile="haiku",
+    description="haiku.BatchNorm under hk.transform_with_state (zero-debiased EMA state)",
+    extra_frameworks=("jax",),
+)

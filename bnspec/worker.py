@@ -1,0 +1,219 @@
+"""Worker processes: one per adapter, spawned, kept warm, restarted on crash or timeout.
+
+The parent speaks to ``python -m bnspec.worker`` over its stdin/stdout with length-prefixed
+pickles of plain data and NumPy arrays (Case in, Result out). The worker moves the protocol to a
+private file descriptor and points fd 1 at stderr, so a framework that prints cannot corrupt it.
+A segfault, hang or import error costs the case that was running, never the run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any
+
+from bnspec.adapter import Adapter
+from bnspec.case import Case, Result
+from bnspec.errors import AdapterFailure, FrameworkError, SingleValueError, UnsupportedFeature
+
+_HEADER = struct.Struct("!Q")
+DEFAULT_ENV = {
+    # Two cores: one framework thread per worker, so --jobs 2 uses both without oversubscribing.
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    "JAX_PLATFORMS": "cpu",
+    "CUDA_VISIBLE_DEVICES": "",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def _send(fd: int, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=5)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _recv_exact(fd: int, n: int, deadline: float | None) -> bytes:
+    chunks: list[bytes] = []
+    while n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(fd: int, deadline: float | None = None) -> Any:
+    (size,) = _HEADER.unpack(_recv_exact(fd, _HEADER.size, deadline))
+    return pickle.loads(_recv_exact(fd, size, deadline))
+
+
+class Worker:
+    """The parent's handle on one adapter's worker process."""
+
+    def __init__(self, adapter: Adapter, *, start_timeout: float = 300.0) -> None:
+        if not adapter.ref:
+            raise ValueError(f"adapter {adapter.name!r} has no module:attr reference")
+        self.adapter = adapter
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.failed: AdapterFailure | None = None  # set when the framework cannot even start
+        self.meta: dict[str, Any] = {}
+        self.restarts = 0
+        self.startup_seconds = 0.0
+        self._stderr = tempfile.TemporaryFile()
+
+    # -- lifecycle --
+    def start(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        env = {**os.environ, **DEFAULT_ENV, **self.adapter.worker_env}
+        python = self.adapter.python or sys.executable
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [python, "-m", "bnspec.worker", self.adapter.ref],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            reply = self._request(("setup",), self.start_timeout)
+        except AdapterFailure as exc:
+            self.failed = AdapterFailure("import", f"worker did not start: {exc}")
+            raise self.failed from None
+        if reply[0] != "ok":
+            self.failed = AdapterFailure("import", reply[1])
+            self._kill()
+            raise self.failed
+        self.meta = reply[1]
+        self.startup_seconds += time.monotonic() - t0
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                _send(self.proc.stdin.fileno(), ("exit",))  # type: ignore[union-attr]
+                self.proc.wait(timeout=5)
+            except Exception:
+                self._kill()
+        self.proc = None
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.proc = None
+
+    def stderr_tail(self, limit: int = 2000) -> str:
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - limit))
+        return self._stderr.read().decode(errors="replace").strip()
+
+    # -- one case --
+    def run(self, case: Case, timeout: float = 120.0) -> Result:
+        """The adapter's Result, or raises UnsupportedFeature, FrameworkError (the framework
+        raised: a behaviour to compare) or AdapterFailure (crash, timeout, import, bad output)."""
+        self.start()
+        reply = self._request(("run", case), timeout)
+        kind = reply[0]
+        if kind == "result":
+            result = reply[1]
+            if not isinstance(result, Result):
+                raise AdapterFailure("bad_output", f"adapter returned {type(result).__name__}")
+            result.meta.setdefault("seconds", reply[2])
+            return result
+        if kind == "unsupported":
+            raise UnsupportedFeature(reply[1])
+        if kind == "single_value":
+            raise SingleValueError(reply[1])
+        if kind == "raised":
+            raise FrameworkError(reply[1], reply[2])
+        raise AdapterFailure("bad_output", f"unexpected reply {kind!r}")
+
+    def _request(self, message: tuple[Any, ...], timeout: float) -> Any:
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            _send(self.proc.stdin.fileno(), message)
+            return _recv(self.proc.stdout.fileno(), time.monotonic() + timeout)
+        except TimeoutError:
+            self._kill()
+            self.restarts += 1
+            raise AdapterFailure("timeout", f"no answer within {timeout:g} s; worker restarted") from None
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            code = self.proc.wait() if self.proc is not None else None
+            self.proc = None
+            self.restarts += 1
+            tail = self.stderr_tail(400).replace("\n", " | ")
+            raise AdapterFailure("crash", f"worker exited with code {code}: {tail}") from None
+
+
+# -- the worker side --
+def _serve(ref: str) -> None:
+    proto_out = os.dup(1)
+    os.dup2(2, 1)  # anything printed by a framework goes to stderr, not into the protocol
+    proto_in = sys.stdin.fileno()
+    adapter: Adapter | None = None
+    while True:
+        try:
+            message = _recv(proto_in)
+        except EOFError:
+            return
+        op = message[0]
+        if op == "exit":
+            return
+        if op == "setup":
+            try:
+                from bnspec.discovery import load_adapter_ref
+
+                adapter = load_adapter_ref(ref)
+                adapter.setup()
+                _send(proto_out, ("ok", {"pid": os.getpid(), "python": sys.version.split()[0]}))
+            except BaseException as exc:  # noqa: BLE001 - any import error is reported as such
+                _send(proto_out, ("error", f"{type(exc).__name__}: {exc}"))
+            continue
+        if op == "run":
+            assert adapter is not None
+            t0 = time.perf_counter()
+            try:
+                result = adapter.run(message[1])
+                _send(proto_out, ("result", result, time.perf_counter() - t0))
+            except UnsupportedFeature as exc:
+                _send(proto_out, ("unsupported", str(exc)))
+            except SingleValueError as exc:
+                _send(proto_out, ("single_value", str(exc)))
+            except Exception as exc:  # noqa: BLE001 - the framework's own error is data
+                msg = str(exc).strip().splitlines()
+                text = msg[0][:500] if msg else ""
+                _send(proto_out, ("raised", type(exc).__name__, text))
+                traceback.print_exc()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])
