@@ -1,0 +1,3 @@
+from bnspec.cli import main
+
+main()

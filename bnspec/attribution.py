@@ -1,0 +1,115 @@
+"""Attribution: which knob flips of a profile make the reference match what was observed.
+
+A mismatch is explained by the single flips (then the pairs) whose reference output, under the
+flipped profile's own tolerance (numerics knobs widen or narrow it), accepts the observation.
+The momentum value the adapter passed is held fixed (``passed_as`` = the declared convention),
+so a framework that reads it the other way round is attributed to ``momentum_weights``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bnspec.case import Case, Result
+from bnspec.errors import SingleValueError, UnsupportedFeature
+from bnspec.reference import reference
+from bnspec.semantics import KNOBS, Semantics
+from bnspec.tolerance import Comparison, compare
+
+# Knobs a Case fixes explicitly (eps, momentum) or that no case observes directly are not flipped.
+_NOT_FLIPPED = {"eps", "momentum"}
+_FLOOR = 1.001e-5
+
+
+@dataclass
+class Observation:
+    """What an adapter did with a case: a Result, or the framework raised."""
+
+    result: Result | None = None
+    raised: str | None = None  # "TypeName: message"
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    comparison: Comparison | None
+    note: str = ""
+
+
+def judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None = None) -> Verdict:
+    """Does the observation agree with ``sem``? Expected errors must be observed errors."""
+    with np.errstate(all="ignore"):  # NaN/Inf propagation is a property under test, not noise
+        return _judge(case, sem, obs, passed_as)
+
+
+def _judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None) -> Verdict:
+    try:
+        expected = reference(case, sem, passed_as=passed_as)  # type: ignore[arg-type]
+    except SingleValueError as exc:
+        if obs.raised is not None:
+            return Verdict(True, None, f"raised as expected ({obs.raised})")
+        return Verdict(False, None, f"expected an error ({exc}); the implementation returned a result")
+    except UnsupportedFeature as exc:
+        return Verdict(False, None, f"the profile cannot express this case: {exc}")
+    if obs.raised is not None:
+        return Verdict(False, None, f"raised {obs.raised}; the profile defines a result")
+    assert obs.result is not None
+    comparison = compare(case, sem, obs.result, expected)
+    worst = comparison.worst()
+    return Verdict(comparison.ok, comparison, worst.describe() if worst is not None else "")
+
+
+def alternatives(sem: Semantics) -> list[dict[str, Any]]:
+    flips: list[dict[str, Any]] = []
+    for name, knob in KNOBS.items():
+        if name in _NOT_FLIPPED:
+            continue
+        current = getattr(sem, name)
+        if knob.values is not None:
+            flips += [{name: v} for v in knob.values if v != current]
+        elif name == "eps_floor":
+            flips.append({name: None if current is not None else _FLOOR})
+        elif name == "initial_running":
+            flips += [{name: v} for v in ((0.0, 1.0), (0.0, 0.0)) if v != current]
+    return flips
+
+
+def explain(
+    case: Case, base: Semantics, obs: Observation, *, passed_as: str | None = None, pairs: bool = True
+) -> list[dict[str, tuple[Any, Any]]]:
+    """The knob changes ``{knob: (observed value, base value)}`` that explain ``obs``.
+
+    Single flips first; pairs only when no single flip explains."""
+    passed_as = passed_as or base.momentum_weights
+    singles = alternatives(base)
+    found = [f for f in singles if _explains(case, base, f, obs, passed_as)]
+    if not found and pairs:
+        for a, b in itertools.combinations(singles, 2):
+            if set(a) & set(b):
+                continue
+            flip = {**a, **b}
+            if _explains(case, base, flip, obs, passed_as):
+                found.append(flip)
+    return [{k: (v, getattr(base, k)) for k, v in f.items()} for f in found]
+
+
+def _explains(case: Case, base: Semantics, flip: dict[str, Any], obs: Observation, passed_as: str) -> bool:
+    try:
+        candidate = base.replace(**flip)
+    except Exception:  # an invalid combination is no explanation
+        return False
+    return judge(case, candidate, obs, passed_as).ok
+
+
+def format_explanation(flips: list[dict[str, tuple[Any, Any]]], observed_word: str = "observed",
+                       base_word: str = "declared") -> str:
+    if not flips:
+        return "unexplained"
+    parts = []
+    for f in flips:
+        parts.append(" + ".join(f"{k}: {v[0]!r}, {observed_word}; {v[1]!r}, {base_word}" for k, v in f.items()))
+    return " | ".join(parts)

@@ -1,0 +1,245 @@
+"""The ``bnspec`` command line: a contract that scripts and CI depend on.
+
+Exit codes: 0 every adapter conforms; 1 a non-conformance; 2 bad usage or input, with one line
+saying what to fix (never a traceback). Nothing here imports a framework: ``--help`` and
+``list`` stay fast; the engine and the reports are imported inside the commands that use them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bnspec.errors import BnspecError
+
+
+class UsageProblem(BnspecError):
+    pass
+
+
+def _fail(message: str) -> None:
+    raise UsageProblem(message)
+
+
+def _selected(adapters: str | None, adapter_paths: tuple[str, ...]) -> list[Any]:
+    from bnspec.discovery import discover, load_adapter_ref
+
+    names = [a.strip() for a in adapters.split(",") if a.strip()] if adapters else None
+    found = list(discover(names).values()) if names or not adapter_paths else []
+    for ref in adapter_paths:
+        found.append(load_adapter_ref(ref))
+    return found
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bnspec")
+def cli() -> None:
+    """bnspec: does this BatchNorm behave exactly like that one, and where not, why and by how much?"""
+
+
+@cli.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(as_json: bool) -> None:
+    """Adapters found, whether their framework is installed, and its version (no framework is imported)."""
+    from bnspec.discovery import discover
+
+    rows = []
+    for name, a in discover().items():
+        rows.append({"name": name, "framework": a.framework, "version": a.framework_version(),
+                     "installed": a.installed(), "declared_profile": a.profile, "description": a.description})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max((len(r["name"]) for r in rows), default=4)
+    for r in rows:
+        version = r["version"] or "not installed"
+        click.echo(f"{r['name']:<{width}}  {r['framework']:<12} {version:<14} {r['declared_profile']}")
+
+
+@cli.command()
+@click.option("--adapters", help="Comma-separated adapter names (default: every installed one).")
+@click.option("--adapter-path", "adapter_paths", multiple=True, help="module:attr or file.py:attr of an adapter not installed as a package.")
+@click.option("--baseline", default="pytorch", show_default=True, help="Profile that divergences are measured from.")
+@click.option("--properties", help="Comma-separated properties (default: all).")
+@click.option("--examples", default=3, show_default=True, type=int, help="Cases per property.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--jobs", default=1, show_default=True, type=int, help="Adapters run in parallel.")
+@click.option("--timeout", default=120.0, show_default=True, type=float, help="Seconds per case before the worker is restarted.")
+@click.option("--out", default="bnspec-out", show_default=True, type=click.Path(path_type=Path))
+def run(adapters: str | None, adapter_paths: tuple[str, ...], baseline: str, properties: str | None,
+        examples: int, seed: int, jobs: int, timeout: float, out: Path) -> None:
+    """Run the conformance properties; write results.jsonl, summary.json, report.md, report.html, junit.xml."""
+    from bnspec.conformance.cases import PROPERTIES
+    from bnspec.engine import RunOptions
+    from bnspec.engine import run as engine_run
+    from bnspec.profiles import get_profile
+    from bnspec.reports import write_all
+
+    if examples < 1:
+        _fail(f"--examples must be at least 1 (got {examples})")
+    if jobs < 1:
+        _fail(f"--jobs must be at least 1 (got {jobs})")
+    if timeout <= 0:
+        _fail(f"--timeout must be positive (got {timeout:g})")
+    get_profile(baseline)
+    props = [p.strip() for p in properties.split(",")] if properties else list(PROPERTIES)
+    for p in props:
+        if p not in PROPERTIES:
+            from bnspec.errors import UnknownName
+
+            raise UnknownName("property", p, list(PROPERTIES))
+    _check_writable(out)
+    chosen = _selected(adapters, adapter_paths)
+    if not adapters and not adapter_paths:
+        chosen = [a for a in chosen if a.installed()]
+    if not chosen:
+        _fail("no adapter to run: install a framework or name one with --adapters / --adapter-path")
+    for a in chosen:
+        get_profile(a.profile)
+    opts = RunOptions(properties=props, examples=examples, seed=seed, baseline=baseline, jobs=jobs, timeout=timeout)
+    summary = engine_run(chosen, opts, out, progress=_progress(chosen, opts))
+    write_all(summary, out)
+    bad = [a["name"] for a in summary["adapters"] if not a["conforms"]]
+    click.echo(f"{len(summary['adapters'])} adapter(s), {len(bad)} not conforming"
+               + (f": {', '.join(bad)}" if bad else "") + f". Reports in {out}/", err=True)
+    sys.exit(1 if bad else 0)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".bnspec-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        _fail(f"--out {out} is not writable: {exc.strerror or exc}")
+
+
+def _progress(adapters: list[Any], opts: Any) -> Any:
+    total = len(opts.properties) * opts.examples
+    done: dict[str, int] = {}
+    bad: dict[str, int] = {}
+    quiet = not sys.stderr.isatty() and os.environ.get("BNSPEC_PROGRESS") != "1"
+
+    def report(name: str, rec: Any) -> None:
+        done[name] = done.get(name, 0) + 1
+        bad[name] = bad.get(name, 0) + (rec.status in ("fail", "failure"))
+        if quiet and done[name] != total:
+            return
+        click.echo(f"[{name}] {done[name]}/{total} cases, {bad[name]} not conforming", err=True)
+
+    return report
+
+
+@cli.command()
+@click.argument("adapter")
+@click.option("--adapter-path", "adapter_path", is_flag=True, help="ADAPTER is a module:attr reference.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--seed", default=0, type=int)
+def fingerprint(adapter: str, adapter_path: bool, as_json: bool, seed: int) -> None:
+    """The knob values ADAPTER is observed to implement, inferred from probes, beside its declared profile."""
+    from bnspec.fingerprint import fingerprint as run_fingerprint
+
+    chosen = _selected(None, (adapter,)) if adapter_path or ":" in adapter else _selected(adapter, ())
+    result = run_fingerprint(chosen[0], seed=seed)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=repr))
+        return
+    click.echo(f"{result['adapter']} (declared profile {result['declared_profile']})")
+    for k, row in result["knobs"].items():
+        mark = "" if row["agrees"] else "   <-- differs"
+        click.echo(f"  {k:<20} observed {row['observed']:<28} declared {row['declared']!r:<22}{mark}")
+        if row.get("decided_by"):
+            click.echo(f"  {'':<20} decided by {row['decided_by']}")
+
+
+@cli.command()
+@click.argument("from_")
+@click.argument("to")
+def diff(from_: str, to: str) -> None:
+    """The porting guide from profile FROM_ to profile TO (adapter names resolve to their profile)."""
+    from bnspec.porting import porting_guide
+
+    click.echo(porting_guide(_profile_name(from_), _profile_name(to)))
+
+
+def _profile_name(name: str) -> str:
+    from bnspec.profiles import PROFILES
+
+    if name in PROFILES:
+        return name
+    from bnspec.discovery import adapter_names, discover
+
+    if name in adapter_names():
+        return discover([name])[name].profile
+    from bnspec.errors import UnknownName
+
+    raise UnknownName("profile or adapter", name, [*PROFILES, *adapter_names()])
+
+
+@cli.group()
+def report() -> None:
+    """Work with reports."""
+
+
+@report.command("merge")
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+def merge(summaries: tuple[Path, ...], out: Path) -> None:
+    """Merge summary.json files from several machines or CI shards into one report."""
+    from bnspec.merge import merge_summaries
+    from bnspec.reports import write_all
+
+    loaded = []
+    for p in summaries:
+        try:
+            loaded.append((p, json.loads(p.read_text(encoding="utf-8"))))
+        except FileNotFoundError:
+            _fail(f"summary {p} does not exist")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            _fail(f"summary {p} is not valid JSON ({exc.__class__.__name__}: line {getattr(exc, 'lineno', '?')})")
+    _check_writable(out)
+    merged, conflicts = merge_summaries(loaded)
+    write_all(merged, out)
+    for c in conflicts:
+        click.echo(f"conflict: {c}", err=True)
+    click.echo(f"merged {len(loaded)} summaries into {out}/", err=True)
+
+
+@cli.command()
+@click.argument("case_id")
+@click.option("--dir", "directory", default="bnspec-out", show_default=True, type=click.Path(path_type=Path))
+def repro(case_id: str, directory: Path) -> None:
+    """Replay a stored minimal case against its adapter and print a snippet in the framework's API."""
+    from bnspec.repro import replay
+
+    code, text = replay(case_id, directory)
+    click.echo(text)
+    sys.exit(code)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except BnspecError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Report writers: they read the summary (and results records) only, and write atomically.
+
+summary.json (versioned, schema in bnspec/schema/summary.schema.json), report.md (a GitHub PR
+comment), junit.xml (one test case per adapter x property), report.html (self-contained: the
+matrix, every adapter's knob table side by side, and plots).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape as xml_escape
+
+from bnspec.semantics import KNOBS
+
+MARK = {"pass": "✓", "not_applicable": "n/a", "failure": "⚠"}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def deterministic(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_all(summary: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "summary.json", deterministic(summary))
+    atomic_write(out / "report.md", markdown(summary))
+    atomic_write(out / "junit.xml", junit(summary))
+    atomic_write(out / "report.html", html(summary))
+
+
+def cell_text(cell: dict[str, Any]) -> str:
+    status = cell["status"]
+    if status == "fail":
+        knobs = sorted({e.split(":")[0] for e in cell.get("explained_by", [])}) or ["unexplained"]
+        return "✗ " + ", ".join(knobs)
+    text = MARK.get(status, status)
+    if status == "pass" and cell.get("baseline_knobs"):
+        text += " ≠ " + ", ".join(cell["baseline_knobs"])
+    return text
+
+
+def _md(s: Any) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    props = summary["properties"]
+    lines = [
+        "# bnspec conformance report",
+        "",
+        f"Seed {summary['seed']}, {summary['examples']} example(s) per property, baseline profile "
+        f"`{summary['baseline']}`. ✓ conforms to the declared profile; ✗ knob: a non-conformance "
+        "and the knob flip that explains it; ≠ knob: conforms, and differs from the baseline by "
+        "that knob (a porting fact); n/a: the implementation cannot express the case; ⚠: the worker "
+        "crashed, hung or could not import its framework.",
+        "",
+        "| adapter | version | declared profile | " + " | ".join(props) + " |",
+        "|---|---|---|" + "---|" * len(props),
+    ]
+    for a in summary["adapters"]:
+        row = [a["name"], a.get("framework_version") or "not installed", a["declared_profile"]]
+        row += [cell_text(a["cells"][p]) if p in a["cells"] else "" for p in props]
+        lines.append("| " + " | ".join(_md(c) for c in row) + " |")
+    lines += ["", "## Findings", ""]
+    any_finding = False
+    for a in summary["adapters"]:
+        for nc in a["non_conformances"]:
+            any_finding = True
+            expl = "; ".join(nc["explained_by"]) or "unexplained"
+            lines.append(
+                f"- **{_md(a['name'])}** `{nc['property']}` ({nc['kind']}): {_md(nc['detail'])}. "
+                f"Explained by: {_md(expl)}. Minimal case `{nc['repro_id']}` "
+                f"(`bnspec repro {nc['repro_id']}`)."
+            )
+    if not any_finding:
+        lines.append("Every adapter conforms to its declared profile on this run.")
+    lines += ["", "## Divergences from the baseline, by knob", ""]
+    for a in summary["adapters"]:
+        if a["divergences"]:
+            parts = [f"`{k}` ({', '.join(v['properties'])})" for k, v in sorted(a["divergences"].items())]
+            lines.append(f"- **{_md(a['name'])}**: " + "; ".join(parts))
+    return "\n".join(lines) + "\n"
+
+
+def junit(summary: dict[str, Any]) -> str:
+    cases = []
+    failures = errors = skipped = 0
+    for a in summary["adapters"]:
+        for prop, cell in a["cells"].items():
+            name = xml_escape(prop, {'"': "&quot;"})
+            cls = xml_escape(f"bnspec.{a['name']}", {'"': "&quot;"})
+            body = ""
+            detail = xml_escape(str(cell.get("detail", "")), {'"': "&quot;"})
+            if cell["status"] == "fail":
+                failures += 1
+                body = f'<failure message="{detail}">{xml_escape("; ".join(cell["explained_by"]))}</failure>'
+            elif cell["status"] == "failure":
+                errors += 1
+                body = f'<error message="{detail}"/>'
+            elif cell["status"] == "not_applicable":
+                skipped += 1
+                body = f'<skipped message="not applicable: {detail}"/>'
+            cases.append(f'  <testcase classname="{cls}" name="{name}">{body}</testcase>')
+    head = (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="bnspec" tests="{len(cases)}" '
+            f'failures="{failures}" errors="{errors}" skipped="{skipped}">')
+    return head + "\n" + "\n".join(cases) + "\n</testsuite>\n"
+
+
+def _plot_errors(summary: dict[str, Any]) -> str:
+    """Max error in roundoff units per adapter and property (log scale), as a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    props = summary["properties"]
+    adapters = summary["adapters"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(props) + 3), 0.35 * len(adapters) + 1.8))
+    import numpy as np
+
+    grid = np.full((len(adapters), len(props)), np.nan)
+    for i, a in enumerate(adapters):
+        for j, p in enumerate(props):
+            v = a["cells"].get(p, {}).get("max_err_u")
+            if isinstance(v, (int, float)) and v == v and v != float("inf"):
+                grid[i, j] = np.log10(max(v, 1e-2))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(props)), props, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(adapters)), [a["name"] for a in adapters], fontsize=7)
+    fig.colorbar(im, ax=ax, label="log10(max error / roundoff u)")
+    ax.set_title("error in units of the dtype's roundoff, per adapter and property", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plot_trajectories() -> str:
+    """Running variance over 200 steps under the profiles that differ in debias, estimator and
+    initialisation: the reference, so the plot shows what each profile means."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bnspec.case import make_case
+    from bnspec.profiles import get_semantics
+    from bnspec.reference import reference
+
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(3.0, 2.0, (4, 1)) for _ in range(200)]
+    case = make_case(xs, modes="train", momentum=0.01, eps=1e-5)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name in ("pytorch", "keras", "haiku", "equinox_batch", "equinox_ema"):
+        sem = get_semantics(name)
+        c = case.replace(running_mean=np.array([sem.initial_running[0]]),
+                         running_var=np.array([sem.initial_running[1]]))
+        res = reference(c, sem)
+        ax.plot([s.running_var[0] for s in res.steps], label=name, lw=1)
+    ax.axhline(4.0, color="grey", ls=":", lw=1, label="true variance 4")
+    ax.set_xlabel("training step (momentum 0.01 / decay 0.99)")
+    ax.set_ylabel("running variance")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plot_offsets() -> str:
+    """Variance error against the input's offset, one-pass vs two-pass, emulated in float32."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from bnspec.case import make_case
+    from bnspec.profiles import get_semantics
+    from bnspec.reference import emulate, reference
+
+    offsets = np.logspace(0, 5, 16)
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, (64, 1))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for algo in ("two_pass", "one_pass_clamped"):
+        sem = get_semantics("pytorch").replace(variance_algorithm=algo, compute_dtype="input")
+        errs = []
+        for off in offsets:
+            case = make_case(base + off, dtype="float32")
+            exact = reference(case, sem).steps[0].batch_var[0]
+            emu = emulate(case, sem).steps[0].batch_var[0]
+            errs.append(max(abs(emu - exact) / (exact * 2.0**-24), 1e-1))
+        ax.loglog(offsets, errs, marker="o", ms=3, label=algo)
+    ax.set_xlabel("|mean| / std of the input (float32)")
+    ax.set_ylabel("variance error / u")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def html(summary: dict[str, Any]) -> str:
+    import jinja2
+
+    from bnspec.profiles import PROFILES
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("bnspec", "templates"), autoescape=True,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    declared = sorted({a["declared_profile"] for a in summary["adapters"]} | {summary["baseline"]})
+    knob_table = [
+        {"knob": k, "doc": KNOBS[k].doc,
+         "values": [repr(getattr(PROFILES[p].semantics, k)) if p in PROFILES else "?" for p in declared]}
+        for k in KNOBS
+    ]
+    return env.get_template("report.html.j2").render(
+        s=summary, cell_text=cell_text, profiles=declared, knob_table=knob_table,
+        plot_errors=_plot_errors(summary) if summary["adapters"] else "",
+        plot_trajectories=_plot_trajectories(), plot_offsets=_plot_offsets(),
+    )

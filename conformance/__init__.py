@@ -1,0 +1,1 @@
+"""Conformance: the properties (seeded, directed case generators) and the pytest plugin."""
