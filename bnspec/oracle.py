@@ -98,11 +98,11 @@ def exact_steps(
             var_in = [_mul(v, factor) if unbiased else v for v in var_b]
             hidden_mean = [h * (1 - w) + b * w for h, b in zip(hidden_mean, mean_b)]
             hidden_var = [_add(h * (1 - w), _mul(b, w)) for h, b in zip(hidden_var, var_in)]
-            w_stats = w / debias
+            w_stats = _div(w, debias)  # decay 1 (momentum 0) never debiases: 0/0, as in NumPy
             var_factor_running = factor if unbiased else Fraction(1)
         scale = 1 - (1 - w_steady) ** updates if sem.ema_debias and updates > 0 else Fraction(1)
-        read_mean = [h / scale for h in hidden_mean]
-        read_var = [_mul(h, 1 / scale) for h in hidden_var]
+        read_mean = [_div(h, scale) for h in hidden_mean]
+        read_var = [_div(h, scale) for h in hidden_var]
         if track:
             q["running_mean"], q["running_var"] = read_mean, read_var
         if source == "running":

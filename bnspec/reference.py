@@ -104,7 +104,8 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
             var_in = var_b * factor if sem.running_var_update == "unbiased" else var_b
             hidden_mean = _blend(hidden_mean, mean_b, w, ar)
             hidden_var = _blend(hidden_var, var_in, w, ar)
-            w_stats = w / debias
+            with np.errstate(divide="ignore", invalid="ignore"):  # decay 1 never debiases: 0/0
+                w_stats = float(np.float64(w) / np.float64(debias))
             var_factor_running = factor if sem.running_var_update == "unbiased" else 1.0
         read_mean, read_var = _read(hidden_mean, hidden_var, sem, updates, w_steady)
         if case.track_running_stats:

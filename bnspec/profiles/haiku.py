@@ -50,9 +50,12 @@ HAIKU = Profile(
         "ema_debias": f"{_HK}::BatchNorm.__init__ builds hk.ExponentialMovingAverage(decay_rate) "
         f"with its default zero_debias=True, warmup_length=0; {_HKEMA}::"
         "ExponentialMovingAverage.__call__ (average = hidden / (one - jnp.power(decay, counter)))",
-        "initial_running": f"{_HKEMA}::ExponentialMovingAverage.initialize / __call__ (hidden "
-        "and average created with init=jnp.zeros, counter 0): an eval step before any training "
-        "reads a zero variance",
+        "initial_running": f"{_HKEMA}::ExponentialMovingAverage.__call__ (hidden created with "
+        "init=jnp.zeros, counter 0). `average` has no init: transform_with_state's init with "
+        "is_training=True stores the first update's set_state, i.e. the init batch's own "
+        "statistics, so an eval step before training normalizes with the init batch's "
+        "statistics; init with is_training=False raises ValueError ('No value for average'). "
+        "(0, 0) is the hidden state the first update blends into",
         "first_update": f"{_HKEMA}::ExponentialMovingAverage.__call__ blends from the first step "
         "(with the zero initial hidden state, the debiasing makes the first average equal the "
         "batch statistic)",

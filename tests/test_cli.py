@@ -1,0 +1,165 @@
+"""The command line: the contract scripts and CI depend on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BNSPEC = [sys.executable, "-m", "bnspec"]
+
+
+def bnspec(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*BNSPEC, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_list_imports_no_framework_and_shows_versions():
+    code = ("import sys; from bnspec.cli import cli; "
+            "cli.main(['list', '--json'], standalone_mode=False); "
+            "assert not {'torch','tensorflow','jax','keras','onnxruntime'} & set(sys.modules), 'framework imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert {"reference"} <= {r["name"] for r in rows}
+    assert all("version" in r and "installed" in r for r in rows)
+
+
+def test_import_bnspec_imports_no_framework():
+    code = "import bnspec, sys; assert not {'torch','tensorflow','jax'} & set(sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--adapters", "trch"], "unknown adapter 'trch'; available:"),
+        (["run", "--adapters", "reference", "--baseline", "pytorhc"], "unknown profile 'pytorhc'"),
+        (["run", "--adapters", "reference", "--examples", "-1"], "--examples must be at least 1"),
+        (["run", "--adapter-path", "no_such_module:X"], "cannot import 'no_such_module'"),
+        (["run", "--adapter-path", "nocolon"], "is not of the form module:attr"),
+        (["run", "--adapters", "reference", "--properties", "nope"], "unknown property 'nope'"),
+        (["diff", "pytorch", "kears"], "unknown profile or adapter 'kears'"),
+        (["report", "merge", "missing.json", "--out", "x"], "does not exist"),
+        (["repro", "deadbeef", "--dir", "nowhere"], "no stored case 'deadbeef'"),
+        (["run", "--bogus-flag"], "No such option"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_traceback(args, needle, tmp_path):
+    out = bnspec(*args, cwd=tmp_path)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr
+    lines = [l for l in out.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+
+
+def test_a_corrupt_summary_to_merge_exits_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = bnspec("report", "merge", str(bad), "--out", str(tmp_path / "m"))
+    assert out.returncode == 2 and "not valid JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_non_writable_out_exits_2(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("")
+    out = bnspec("run", "--adapters", "reference", "--out", str(target / "sub"))
+    assert out.returncode == 2 and "not writable" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = bnspec("run", "--adapters", "reference", "--examples", "1", "--out", str(out))
+    return proc, out
+
+
+def test_run_on_a_conforming_adapter_exits_0_and_writes_five_files(reference_run):
+    proc, out = reference_run
+    assert proc.returncode == 0, proc.stderr
+    for name in ("results.jsonl", "summary.json", "report.md", "report.html", "junit.xml"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["schema_version"] == 1
+    entry = summary["adapters"][0]
+    for key in ("name", "framework", "framework_version", "declared_profile", "conforms",
+                "non_conformances", "divergences"):
+        assert key in entry
+
+
+def test_summary_matches_its_json_schema(reference_run):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, out = reference_run
+    schema = json.loads((Path(__file__).parents[1] / "bnspec/schema/summary.schema.json").read_text())
+    jsonschema.validate(json.loads((out / "summary.json").read_text()), schema)
+
+
+def test_a_wrong_implementation_exits_1_and_its_case_replays(tmp_path):
+    out = tmp_path / "o"
+    proc = bnspec("run", "--adapter-path", "tests.fixtures.bad_adapters:BIASED_RUNNING_VAR",
+                  "--examples", "1", "--properties", "estimator", "--out", str(out),
+                  cwd=Path(__file__).parents[1])
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    nc = summary["adapters"][0]["non_conformances"][0]
+    assert any(e.startswith("running_var_update") for e in nc["explained_by"])
+    assert "running_var_update" in (out / "report.md").read_text()
+    rep = bnspec("repro", nc["repro_id"], "--dir", str(out), cwd=Path(__file__).parents[1])
+    assert rep.returncode == 1 and "running_var_update" in rep.stdout
+
+
+def test_same_seed_gives_byte_identical_summary_apart_from_timing(tmp_path):
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"o{k}"
+        assert bnspec("run", "--adapters", "reference", "--examples", "1", "--out", str(out)).returncode == 0
+        s = json.loads((out / "summary.json").read_text())
+        s.pop("timing")
+        outs.append(json.dumps(s, sort_keys=True))
+    assert outs[0] == outs[1]
+
+
+def test_merge_combines_shards_and_reports_conflicts(reference_run, tmp_path):
+    _, out = reference_run
+    s = json.loads((out / "summary.json").read_text())
+    other = json.loads(json.dumps(s))
+    other["adapters"][0]["cells"]["train_output"]["status"] = "fail"
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(other))
+    proc = bnspec("report", "merge", str(out / "summary.json"), str(b), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    assert "conflict" in proc.stderr
+    merged = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert merged["conflicts"]
+
+
+def test_html_report_escapes_untrusted_text(tmp_path):
+    from bnspec.reports import html
+
+    summary = {"seed": 0, "examples": 1, "baseline": "pytorch", "properties": ["train_output"],
+               "adapters": [{"name": "<script>alert(1)</script>", "framework_version": "1",
+                             "declared_profile": "pytorch", "cells": {"train_output": {
+                                 "status": "fail", "detail": "<script>x</script>", "explained_by": [],
+                                 "baseline_knobs": [], "max_err_u": 1.0}},
+                             "non_conformances": [{"property": "train_output", "kind": "fail",
+                                                   "detail": "<script>boom</script>", "explained_by": [],
+                                                   "repro_id": "x"}]}]}
+    text = html(summary)
+    assert "<script>" not in text and "&lt;script&gt;" in text
+
+
+def test_diff_translates_momentum_and_measures_the_estimator_difference():
+    out = bnspec("diff", "pytorch", "keras")
+    assert out.returncode == 0, out.stderr
+    assert "momentum: pytorch 0.1 (batch-weighted) -> keras 0.9 (running-weighted)" in out.stdout
+    assert "running_var_update: 'unbiased' -> 'biased'" in out.stdout
+    assert "running_var -> moving_variance" in out.stdout
+
+
+def test_help_works_everywhere():
+    for args in ([], ["run"], ["list"], ["diff"], ["report", "merge"], ["repro"], ["fingerprint"]):
+        out = bnspec(*args, "--help")
+        assert out.returncode == 0 and "Usage" in out.stdout, args

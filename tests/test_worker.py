@@ -1,0 +1,57 @@
+"""Fault isolation: a crash, a hang or an import error costs the case that was running only."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnspec.case import make_case
+from bnspec.discovery import load_adapter_ref
+from bnspec.errors import AdapterFailure
+from bnspec.worker import Worker
+import numpy as np
+
+FIX = "tests.fixtures.bad_adapters"
+
+
+def _case(n: int):
+    return make_case(np.arange(n * 2, dtype=float).reshape(n, 2), modes="train")
+
+
+def test_a_segfault_costs_that_case_and_the_worker_restarts_for_the_next():
+    w = Worker(load_adapter_ref(f"{FIX}:SEGFAULT"))
+    try:
+        assert w.run(_case(2)).steps[0].y.shape == (2, 2)
+        with pytest.raises(AdapterFailure) as info:
+            w.run(_case(3))
+        assert info.value.kind == "crash"
+        assert w.run(_case(2)).steps[0].y.shape == (2, 2)
+        assert w.restarts == 1
+    finally:
+        w.close()
+
+
+def test_a_hang_past_the_timeout_is_killed_and_reported_as_a_timeout():
+    w = Worker(load_adapter_ref(f"{FIX}:HANG"))
+    try:
+        with pytest.raises(AdapterFailure) as info:
+            w.run(_case(2), timeout=2)
+        assert info.value.kind == "timeout"
+    finally:
+        w.close()
+
+
+def test_an_import_error_marks_the_adapter_failed_without_retrying():
+    w = Worker(load_adapter_ref(f"{FIX}:IMPORT_ERROR"))
+    with pytest.raises(AdapterFailure) as info:
+        w.run(_case(2))
+    assert info.value.kind == "import" and "imaginary_framework" in str(info.value)
+    with pytest.raises(AdapterFailure):
+        w.run(_case(2))
+
+
+def test_a_framework_printing_on_stdout_does_not_corrupt_the_protocol():
+    w = Worker(load_adapter_ref(f"{FIX}:PRINTS"))
+    try:
+        assert w.run(_case(2)).steps[0].y.shape == (2, 2)
+    finally:
+        w.close()
