@@ -16,7 +16,7 @@ of a tree/blocked reduction):
                     B_y = |gamma| r (B_mu + u_n |mu|) + |gamma xhat| (|r'/r| B_v + 2 u_n)
                           + u_n |beta| + u_o |y|
   (u_n: the precision the normalisation runs in; u_o: the output dtype's)
-- gradients:        B_dx = u_c g |gamma| r (|dy| + mean|dy| + |xhat| mean|dy xhat|)
+- gradients:        B_dx = u_c g |gamma| r (|dy| + mean|dy| + |xhat| mean|dy xhat|) + u_in |dx|
                            + |dx| |r'/r| B_v + |gamma| r^2 B_mu mean|dy|
                     B_dgamma = u_c g sum|dy xhat| + sum|dy| r B_mu + sum|dy xhat| |r'/r| B_v
                     B_dbeta = u_c g sum|dy|
@@ -204,6 +204,7 @@ class _Bounds:
         self.u_n = unit_roundoff(ar.normalize)
         self.u_o = unit_roundoff(ar.output)
         self.u_s = unit_roundoff(ar.state)
+        self.u_in = unit_roundoff(case.dtype)
         self.units = {"compute": ar.compute, "output": ar.output, "state": ar.state}
         self.one_pass = sem.variance_algorithm != "two_pass"
         self.case, self.sem = case, sem
@@ -299,7 +300,9 @@ class _Bounds:
                 mean_dy = dy.mean(axis=axes, keepdims=True)
                 mean_dyx = (dy * xhat).mean(axis=axes, keepdims=True)
                 scale_dx = gamma * r * (dy + mean_dy + xhat * mean_dyx)
-                b_dx = (self.u_c * g * scale_dx + np.abs(res.dx) * dlog_r * bv + gamma * r * r * bm * mean_dy)
+                # dx is returned in the input's dtype: its final rounding is u_in |dx|.
+                b_dx = (self.u_c * g * scale_dx + np.abs(res.dx) * dlog_r * bv + gamma * r * r * bm * mean_dy
+                        + self.u_in * np.abs(res.dx))
                 bounds["dx"] = _Bound(b_dx, scale_dx, self.units["compute"])
                 s_dy = dy.sum(axis=axes)
                 s_dyx = (dy * xhat).sum(axis=axes)
