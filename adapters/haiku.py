@@ -59,23 +59,43 @@ class HaikuAdapter(Adapter):
         self._jax = jax
         self._apply: dict[tuple[Any, ...], Any] = {}
 
-    def _transformed(self, case: Case, data_format: str) -> Any:
+    def _functions(self, case: Case, data_format: str) -> tuple[Any, Any]:
+        """Jitted forward and forward-with-gradients, cached per module hyperparameters."""
+        key = (case.affine, case.momentum, case.eps, data_format)
+        if key in self._apply:
+            return self._apply[key]
         import haiku as hk
+        import jax.numpy as jnp
 
-        affine = case.affine
+        jax = self._jax
+        affine, eps = case.affine, case.eps
+        decay_rate = 1.0 - float(case.momentum)  # type: ignore[arg-type]
 
         def forward(x: Any, is_training: bool) -> Any:
             bn = hk.BatchNorm(
                 create_scale=affine,
                 create_offset=affine,
-                decay_rate=1.0 - float(case.momentum),  # type: ignore[arg-type]
-                eps=case.eps,
+                decay_rate=decay_rate,
+                eps=eps,
                 data_format=data_format,
                 name=_NAME,
             )
             return bn(x, is_training=is_training, test_local_stats=False)
 
-        return hk.transform_with_state(forward)
+        transformed = hk.transform_with_state(forward)
+
+        def forward_grad(params: Any, state: Any, x: Any, g: Any, is_training: bool) -> Any:
+            def loss(p: Any, xx: Any) -> Any:
+                y, new_state = transformed.apply(p, state, None, xx, is_training)
+                return jnp.sum(y * g), (y, new_state)
+
+            (dp, dx), (y, new_state) = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+            return y, new_state, dp, dx
+
+        fns = (jax.jit(transformed.apply, static_argnums=(4,)),
+               jax.jit(forward_grad, static_argnums=(4,)))
+        self._apply[key] = fns
+        return fns
 
     def run(self, case: Case) -> Result:
         self.check_supported(case)
@@ -90,8 +110,7 @@ class HaikuAdapter(Adapter):
         dt = jnp.dtype(case.dtype)
         last = case.layout == "channels_last"
         data_format = "channels_last" if last else "channels_first"
-        transformed = self._transformed(case, data_format)
-        apply = jax.jit(transformed.apply, static_argnums=(4,))
+        apply, apply_grad = self._functions(case, data_format)
         c = case.num_features
 
         # Carried as (C,) vectors in the framework's dtype, reshaped per step to Haiku's
@@ -119,16 +138,14 @@ class HaikuAdapter(Adapter):
             params = {} if gamma is None else {
                 _NAME: {"scale": gamma.reshape(shape), "offset": beta.reshape(shape)}}
             training = step.mode == "train"
-            y, new_state = apply(params, state, None, x, training)
+            if step.grad_output is None:
+                y, new_state = apply(params, state, None, x, training)
+            else:
+                g = step.grad_output
+                g = jnp.asarray(channels_last(g, rank) if last else g, dt)
+                y, new_state, dp, dx = apply_grad(params, state, x, g, training)
             res = StepResult(y=_canonical(y, rank, last), y_dtype=str(y.dtype))
             if step.grad_output is not None:
-                g = jnp.asarray(channels_last(step.grad_output, rank) if last else step.grad_output, dt)
-
-                def loss(p: Any, xx: Any, state: Any = state, g: Any = g, training: bool = training) -> Any:
-                    yy, _ = transformed.apply(p, state, None, xx, training)
-                    return jnp.sum(yy * g)
-
-                dp, dx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
                 res.dx = _canonical(dx, rank, last)
                 if gamma is not None:
                     res.dgamma = np.asarray(dp[_NAME]["scale"], np.float64).reshape(-1)
