@@ -29,7 +29,7 @@ PYTORCH = Profile(
         frozen_train_stats=None,
         variance_algorithm="two_pass",
         compute_dtype="promote_float32",
-        normalize_dtype="compute",
+        normalize_dtype="input",
         output_dtype="input",
         state_dtype="parameters",
         single_value="error",
@@ -53,18 +53,31 @@ PYTORCH = Profile(
         "frozen_train_stats": "requires_grad_(False) does not change module.training "
         "(pytorch#49229): there is no frozen-layer notion",
         "variance_algorithm": "aten/src/ATen/native/cpu/batch_norm_kernel.cpp "
-        "(batch_norm_cpu_collect_stats: mean, then sum of squared deviations)",
-        "compute_dtype": "aten/src/ATen/native/cpu/batch_norm_kernel.cpp (opmath_t: float "
-        "accumulation for Half/BFloat16)",
-        "normalize_dtype": "aten/src/ATen/native/cpu/batch_norm_kernel.cpp (alpha/beta kept in "
-        "opmath_t)",
-        "output_dtype": "torch.nn.functional.batch_norm returns the input's dtype",
+        "(batch_norm_cpu_collect_stats_contiguous_impl: the mean, then the sum of (x - mean)^2); "
+        "torch.compile: torch/_decomp/decompositions.py::native_batch_norm_helper "
+        "(torch.var_mean(correction=0))",
+        "compute_dtype": "aten/src/ATen/native/cpu/batch_norm_kernel.cpp (reductions in "
+        "at::opmath_type: float for Half/BFloat16, the input's own type for float/double); "
+        "torch/_decomp/decompositions.py::native_batch_norm_helper "
+        "(utils.get_computation_dtype(input.dtype))",
+        "normalize_dtype": "aten/src/ATen/native/cpu/batch_norm_kernel.cpp "
+        "(batch_norm_cpu_collect_linear_and_constant_terms: in training the batch mean and "
+        "invstd are read back from save_mean/save_invstd, tensors of the *parameters'* dtype, "
+        "before alpha = invstd * weight and beta = bias - mean * alpha are formed in opmath_t). "
+        "So they are rounded to the input dtype when the parameters share it (float16 module "
+        "fed float16), and kept in float32 with float32 parameters. 'input' is the bound that "
+        "holds for both; the exact value is the parameters' dtype (no such knob value yet)",
+        "output_dtype": "torch/nn/functional.py::batch_norm returns torch.batch_norm's output in "
+        "the input's dtype, also for float16/bfloat16 input with float32 parameters",
         "state_dtype": f"{_MOD}::_NormBase.__init__ (buffers created with the module's factory "
-        "kwargs dtype)",
+        "kwargs dtype): float16 input with float32 parameters keeps float32 running statistics",
         "single_value": "torch/nn/functional.py::_verify_batch_size ('Expected more than 1 value "
         "per channel when training')",
     },
-    confirmed="tests/test_adapter_torch.py runs torch.nn.BatchNorm1d/2d/3d against this profile",
+    confirmed="tests/test_adapter_torch.py runs torch.nn.BatchNorm1d/2d/3d (eager and under "
+    "torch.compile) and torch.nn.functional.batch_norm against this profile, float64 to "
+    "bfloat16, and pins the non-obvious knobs (unbiased running var, batch-weighted momentum, "
+    "two-pass variance, half-precision rounding of the normalizing statistics, dtypes)",
     state_names={"running_mean": "running_mean", "running_var": "running_var",
                  "gamma": "weight", "beta": "bias", "counter": "num_batches_tracked"},
 )
