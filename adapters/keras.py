@@ -8,14 +8,13 @@ own adapter, and so its own worker process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bnspec.adapter import Adapter, Capabilities, channels_first, channels_last
-from bnspec.case import Case, Result, Step, StepResult
-from bnspec.dtypes import np_dtype
+from bnspec.case import Case, Result, StepResult
 
 _DTYPES = ("float64", "float32", "float16", "bfloat16")
 
@@ -261,7 +260,9 @@ def _numpy(t: Any) -> np.ndarray:
 
 
 def _env(backend: str, **extra: str) -> dict[str, str]:
-    return {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+    threads = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                                "TF_NUM_INTEROP_THREADS")}
+    return {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **threads, **extra}
 
 
 KERAS_TF = KerasAdapter(
@@ -293,7 +294,7 @@ KERAS_TF_XLA = KerasAdapter(
 KERAS_JAX = KerasAdapter(
     name="keras_jax",
     framework="keras",
-    profile="keras",
+    profile="keras_jax",
     description="keras.layers.BatchNormalization, JAX backend, eager",
     capabilities=_capabilities(
         _COMMON_NOTES + "; JAX_ENABLE_X64=1 in the worker so float64 cases run in float64; "
