@@ -1,0 +1,52 @@
+"""Each profile pins its documented knob values (the ones users trip over), and cites every knob."""
+
+from __future__ import annotations
+
+import pytest
+
+from bnspec.profiles import PROFILES, get_semantics
+from bnspec.semantics import KNOBS
+
+PINNED = {
+    "pytorch": dict(eps=1e-5, momentum=0.1, momentum_weights="batch", running_var_update="unbiased", single_value="error"),
+    "pytorch_cumulative": dict(momentum=None, running_var_update="unbiased"),
+    "keras": dict(eps=1e-3, momentum=0.99, momentum_weights="running", running_var_update="biased", frozen_train_stats="running"),
+    "keras_jax": dict(compute_dtype="float32", running_var_update="biased"),
+    "keras_torch": dict(variance_algorithm="one_pass", compute_dtype="float32"),
+    "tf_keras_fused": dict(running_var_update="unbiased", eps_floor=None, frozen_train_stats="running"),
+    "tf_keras_nonfused": dict(running_var_update="biased", frozen_train_stats="running"),
+    "tf_nn_fused": dict(momentum_weights="batch", momentum=1.0, running_var_update="unbiased"),
+    "tf_nn_moments": dict(running_var_update="biased"),
+    "flax_linen": dict(momentum=0.99, variance_algorithm="one_pass_clamped", state_dtype="float32"),
+    "flax_linen_two_pass": dict(variance_algorithm="two_pass"),
+    "flax_nnx": dict(variance_algorithm="one_pass_clamped"),
+    "haiku": dict(ema_debias=True, initial_running=(0.0, 0.0), variance_algorithm="one_pass"),
+    "equinox_ema": dict(train_stats="running", first_update="replace"),
+    "equinox_batch": dict(ema_debias=True, initial_running=(0.0, 1.0), train_stats="batch"),
+    "onnx": dict(momentum=0.9, momentum_weights="running", running_var_update="biased"),
+    "ioffe2015": dict(momentum=None, running_var_update="unbiased", normalize_var="biased"),
+}
+
+
+def test_every_profile_is_pinned_here():
+    assert set(PINNED) == set(PROFILES)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_profile_pins_its_documented_knob_values(name):
+    sem = get_semantics(name)
+    for knob, value in PINNED[name].items():
+        assert getattr(sem, knob) == value, (name, knob)
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_profile_cites_a_source_for_every_knob(name):
+    cite = PROFILES[name].cite
+    assert set(KNOBS) <= set(cite) and all(cite[k].strip() for k in KNOBS)
+
+
+def test_invalid_knob_value_names_the_knob_the_value_and_the_alternatives():
+    from bnspec.errors import InvalidSemantics
+
+    with pytest.raises(InvalidSemantics, match=r"knob eps_placement='in' is invalid; allowed: 'inside_sqrt' \| 'outside_sqrt'"):
+        get_semantics("pytorch").replace(eps_placement="in")
