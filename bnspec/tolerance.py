@@ -36,7 +36,7 @@ import numpy as np
 
 from bnspec.case import Case, Result, StepResult
 from bnspec.dtypes import unit_roundoff
-from bnspec.reference import arithmetic_of, reference
+from bnspec.reference import _batch_weight, arithmetic_of, reference
 from bnspec.semantics import Semantics
 
 # The constants K, one per quantity. Measured on implementations that conform (the adapter
@@ -246,7 +246,7 @@ class _Bounds:
                                              self.units["compute"])
             if step.updates_running and case.track_running_stats and res.running_mean is not None:
                 updates += 1
-                w = _weight(case, sem, updates)
+                w = _batch_weight(case.momentum, sem, sem.momentum_weights, updates)
                 factor = n / (n - 1) if (n > 1 and sem.running_var_update == "unbiased") else 1.0
                 hid_mean = res.running_mean
                 hid_var = res.running_var
@@ -313,14 +313,6 @@ class _Bounds:
                                           + s_dyx * dl * bv.reshape(-1) + u_p * np.abs(res.dgamma if res.dgamma is not None else 0),
                                           s_dyx + s_dy * 0, self.units["compute"])
                 bounds["dbeta"] = _Bound(self.u_c * g * s_dy + u_p * s_dy, s_dy, self.units["compute"])
-
-
-def _weight(case: Case, sem: Semantics, updates: int) -> float:
-    if sem.first_update == "replace" and updates == 1:
-        return 1.0
-    if case.momentum is None:
-        return 1.0 / updates
-    return case.momentum
 
 
 def _bs(x: np.ndarray) -> tuple[int, ...]:
