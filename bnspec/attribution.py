@@ -86,15 +86,26 @@ def explain(
     Single flips first; pairs only when no single flip explains."""
     passed_as = passed_as or base.momentum_weights
     singles = alternatives(base)
-    found = [f for f in singles if _explains(case, base, f, obs, passed_as)]
+    found = _explaining(case, base, singles, obs, passed_as)
     if not found and pairs:
-        for a, b in itertools.combinations(singles, 2):
-            if set(a) & set(b):
-                continue
-            flip = {**a, **b}
-            if _explains(case, base, flip, obs, passed_as):
-                found.append(flip)
+        combos = [{**a, **b} for a, b in itertools.combinations(singles, 2) if not set(a) & set(b)]
+        found = _explaining(case, base, combos, obs, passed_as)
     return [{k: (v, getattr(base, k)) for k, v in f.items()} for f in found]
+
+
+_PREFIX = 2
+
+
+def _explaining(case: Case, base: Semantics, flips: list[dict[str, Any]], obs: Observation,
+                passed_as: str) -> list[dict[str, Any]]:
+    """The flips that explain ``obs``. A flip that explains every step explains the first few,
+    so long trajectories are screened on a short prefix first (the reference and the tolerance
+    of step i depend on steps 0..i only) and only the survivors are judged on the whole case."""
+    if len(case.steps) > _PREFIX and obs.result is not None and len(obs.result.steps) == len(case.steps):
+        short = case.replace(steps=case.steps[:_PREFIX])
+        short_obs = Observation(result=Result(obs.result.steps[:_PREFIX], obs.result.meta))
+        flips = [f for f in flips if _explains(short, base, f, short_obs, passed_as)]
+    return [f for f in flips if _explains(case, base, f, obs, passed_as)]
 
 
 def _explains(case: Case, base: Semantics, flip: dict[str, Any], obs: Observation, passed_as: str) -> bool:
