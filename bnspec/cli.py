@@ -70,13 +70,23 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--jobs", default=1, show_default=True, type=int, help="Adapters run in parallel.")
 @click.option("--timeout", default=120.0, show_default=True, type=float, help="Seconds per case before the worker is restarted.")
+@click.option("--memory-limit", "memory_limit", default=8192, show_default=True, type=int,
+              help="MiB of resident memory a worker may use before its case is stopped (0: no limit).")
+@click.option("--known", "known_path", type=click.Path(path_type=Path),
+              help="Registry of known divergences (TOML; default: bnspec's own). 'none': treat every divergence as new.")
+@click.option("--shrink/--no-shrink", default=True, show_default=True, help="Shrink each failure to a minimal case with Hypothesis.")
 @click.option("--out", default="bnspec-out", show_default=True, type=click.Path(path_type=Path))
-def run(adapters: str | None, adapter_paths: tuple[str, ...], baseline: str, properties: str | None,
-        examples: int, seed: int, jobs: int, timeout: float, out: Path) -> None:
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
+              help="Complete the interrupted run in this directory (its options are read from it).")
+@click.pass_context
+def run(ctx: click.Context, adapters: str | None, adapter_paths: tuple[str, ...], baseline: str,
+        properties: str | None, examples: int, seed: int, jobs: int, timeout: float, memory_limit: int,
+        known_path: Path | None, shrink: bool, out: Path, resume_dir: Path | None) -> None:
     """Run the conformance properties; write results.jsonl, summary.json, report.md, report.html, junit.xml."""
     from bnspec.conformance.cases import PROPERTIES
     from bnspec.engine import RunOptions
     from bnspec.engine import run as engine_run
+    from bnspec.known import load as load_known
     from bnspec.profiles import get_profile
     from bnspec.reports import write_all
 
@@ -86,28 +96,57 @@ def run(adapters: str | None, adapter_paths: tuple[str, ...], baseline: str, pro
         _fail(f"--jobs must be at least 1 (got {jobs})")
     if timeout <= 0:
         _fail(f"--timeout must be positive (got {timeout:g})")
-    get_profile(baseline)
-    props = [p.strip() for p in properties.split(",")] if properties else list(PROPERTIES)
-    for p in props:
-        if p not in PROPERTIES:
-            from bnspec.errors import UnknownName
+    if memory_limit < 0:
+        _fail(f"--memory-limit must be 0 (no limit) or a number of MiB (got {memory_limit})")
+    if resume_dir is not None:
+        given = [f"--{n.replace('_', '-')}" for n in ("adapters", "adapter_paths", "baseline", "properties", "examples", "seed", "out")
+                 if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+        if given:
+            _fail(f"--resume reads the run's options from {resume_dir}; drop {', '.join(given)}")
+        chosen, props, examples, seed, baseline = _resumed(resume_dir)
+        out = resume_dir
+    else:
+        props = [p.strip() for p in properties.split(",")] if properties else list(PROPERTIES)
+        for p in props:
+            if p not in PROPERTIES:
+                from bnspec.errors import UnknownName
 
-            raise UnknownName("property", p, list(PROPERTIES))
+                raise UnknownName("property", p, list(PROPERTIES))
+        chosen = _selected(adapters, adapter_paths)
+        if not adapters and not adapter_paths:
+            chosen = [a for a in chosen if a.installed()]
+    get_profile(baseline)
     _check_writable(out)
-    chosen = _selected(adapters, adapter_paths)
-    if not adapters and not adapter_paths:
-        chosen = [a for a in chosen if a.installed()]
     if not chosen:
         _fail("no adapter to run: install a framework or name one with --adapters / --adapter-path")
     for a in chosen:
         get_profile(a.profile)
-    opts = RunOptions(properties=props, examples=examples, seed=seed, baseline=baseline, jobs=jobs, timeout=timeout)
-    summary = engine_run(chosen, opts, out, progress=_progress(chosen, opts))
+    known = [] if known_path is not None and str(known_path) == "none" else load_known(known_path)
+    opts = RunOptions(properties=props, examples=examples, seed=seed, baseline=baseline, jobs=jobs,
+                      timeout=timeout, known=known, shrink=shrink, memory_limit_mb=memory_limit or None)
+    with _Progress(chosen, opts) as progress:
+        summary = engine_run(chosen, opts, out, progress=progress, resume=resume_dir is not None)
     write_all(summary, out)
     bad = [a["name"] for a in summary["adapters"] if not a["conforms"]]
+    n_known = sum(len(a.get("known_divergences", [])) for a in summary["adapters"])
     click.echo(f"{len(summary['adapters'])} adapter(s), {len(bad)} not conforming"
-               + (f": {', '.join(bad)}" if bad else "") + f". Reports in {out}/", err=True)
+               + (f": {', '.join(bad)}" if bad else "") + f"; {n_known} known divergence(s) seen"
+               + (f", {len(summary['known_vanished'])} known divergence(s) did not show: "
+                  + ", ".join(v["id"] for v in summary["known_vanished"]) if summary["known_vanished"] else "")
+               + f". Reports in {out}/", err=True)
     sys.exit(1 if bad else 0)
+
+
+def _resumed(directory: Path) -> tuple[list[Any], list[str], int, int, str]:
+    from bnspec.discovery import load_adapter_ref
+    from bnspec.engine import stored_run
+
+    stored = stored_run(directory)
+    chosen = []
+    for name, ref in sorted(stored["adapters"].items()):
+        adapter = load_adapter_ref(ref)
+        chosen.append(adapter)
+    return chosen, stored["properties"], stored["examples"], stored["seed"], stored["baseline"]
 
 
 def _check_writable(out: Path) -> None:
@@ -120,20 +159,42 @@ def _check_writable(out: Path) -> None:
         _fail(f"--out {out} is not writable: {exc.strerror or exc}")
 
 
-def _progress(adapters: list[Any], opts: Any) -> Any:
-    total = len(opts.properties) * opts.examples
-    done: dict[str, int] = {}
-    bad: dict[str, int] = {}
-    quiet = not sys.stderr.isatty() and os.environ.get("BNSPEC_PROGRESS") != "1"
+class _Progress:
+    """Progress per adapter (cases done, non-conformances so far): rich bars on a terminal,
+    one line per finished adapter otherwise (CI logs). rich honours NO_COLOR."""
 
-    def report(name: str, rec: Any) -> None:
-        done[name] = done.get(name, 0) + 1
-        bad[name] = bad.get(name, 0) + (rec.status in ("fail", "failure"))
-        if quiet and done[name] != total:
-            return
-        click.echo(f"[{name}] {done[name]}/{total} cases, {bad[name]} not conforming", err=True)
+    def __init__(self, adapters: list[Any], opts: Any) -> None:
+        self.total = len(opts.properties) * opts.examples
+        self.done: dict[str, int] = {}
+        self.bad: dict[str, int] = {}
+        self.bars: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.live = sys.stderr.isatty() or os.environ.get("BNSPEC_PROGRESS") == "1"
+        self.names = [a.name for a in adapters]
 
-    return report
+    def __enter__(self) -> _Progress:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bars = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[bad]} not conforming"), TimeElapsedColumn(),
+                                 console=Console(stderr=True))
+            self.bars.start()
+            self.tasks = {n: self.bars.add_task(n, total=self.total, bad=0) for n in self.names}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+
+    def __call__(self, name: str, rec: Any) -> None:
+        self.done[name] = self.done.get(name, 0) + 1
+        self.bad[name] = self.bad.get(name, 0) + bool(rec.bad)
+        if self.bars is not None:
+            self.bars.update(self.tasks[name], advance=1, bad=self.bad[name])
+        elif self.live or self.done[name] == self.total:
+            click.echo(f"[{name}] {self.done[name]}/{self.total} cases, {self.bad[name]} not conforming", err=True)
 
 
 @cli.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bnspec.adapter import Adapter
 from bnspec.attribution import Observation, explain, format_explanation, judge
-from bnspec.case import Case
-from bnspec.errors import AdapterFailure, FrameworkError, SingleValueError, UnsupportedFeature
+from bnspec.case import Case, Result
+from bnspec.errors import AdapterFailure, BnspecError, FrameworkError, SingleValueError, UnsupportedFeature
+from bnspec.known import KnownDivergence, find, vanished
 from bnspec.profiles import get_semantics
 from bnspec.worker import Worker
 
@@ -35,6 +39,14 @@ class RunOptions:
     baseline: str = "pytorch"
     jobs: int = 1
     timeout: float = 120.0
+    known: list[KnownDivergence] = field(default_factory=list)
+    shrink: bool = True
+    memory_limit_mb: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it completes."""
+        return {"properties": list(self.properties), "examples": self.examples, "seed": self.seed,
+                "baseline": self.baseline}
 
 
 @dataclass
@@ -53,6 +65,8 @@ class Record:
     baseline_agrees: bool | None = None
     baseline_knobs: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    known: str | None = None  # the id of the known divergence this non-conformance is
+    minimal_case_id: str | None = None  # the shrunk case that still fails the same way
 
     def to_json(self) -> str:
         d = dict(self.__dict__)
@@ -60,6 +74,19 @@ class Record:
             if isinstance(d[k], float) and (d[k] != d[k] or d[k] in (float("inf"), float("-inf"))):
                 d[k] = repr(d[k])
         return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> Record:
+        d = json.loads(line)
+        for k in ("err_u", "allowed_u"):
+            if isinstance(d.get(k), str):
+                d[k] = float(d[k])
+        return cls(**d)
+
+    @property
+    def bad(self) -> bool:
+        """A non-conformance that no known divergence accounts for."""
+        return self.status in ("fail", "failure") and self.known is None
 
 
 def _case(prop: str, seed: int, index: int) -> Case:
@@ -80,6 +107,7 @@ def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, p
     obs = Observation()
     try:
         obs.result = worker.run(case, timeout=opts.timeout)
+        _check_shapes(case, obs.result)
     except UnsupportedFeature as exc:
         rec.status, rec.detail = "not_applicable", str(exc)
         return rec
@@ -108,6 +136,68 @@ def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, p
     return rec
 
 
+def _check_shapes(case: Case, result: Result) -> None:
+    """An adapter's output of the wrong shape or kind is a bad output, not a numerical finding."""
+    if len(result.steps) != len(case.steps):
+        raise AdapterFailure("bad_output", f"{len(result.steps)} step results for {len(case.steps)} steps")
+    for i, (step, res) in enumerate(zip(case.steps, result.steps, strict=True)):
+        for name in ("y", "dx"):
+            got = getattr(res, name)
+            if got is None:
+                continue
+            arr = np.asarray(got)
+            if arr.shape != step.x.shape:
+                raise AdapterFailure("bad_output", f"step {i}: {name} has shape {arr.shape}, the input {step.x.shape}")
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise AdapterFailure("bad_output", f"step {i}: {name} has dtype {arr.dtype}, not a float")
+        for name in ("running_mean", "running_var", "dgamma", "dbeta"):
+            got = getattr(res, name)
+            if got is not None and np.shape(got) != (case.num_features,):
+                raise AdapterFailure("bad_output", f"step {i}: {name} has shape {np.shape(got)}, "
+                                                   f"expected ({case.num_features},)")
+
+
+def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions) -> Case:
+    """Hypothesis's smallest reduction of a case that fails conformance, failing the same way:
+    still a mismatch with the declared profile, still explained by the same knob flip (or still
+    explained by none). Crashes and timeouts are not shrunk: each try would cost a worker."""
+    from bnspec.conformance.shrink import shrink
+
+    declared = get_semantics(adapter.profile)
+    original = _observe(worker, case, opts)
+    flips = explain(case, declared, original) if original is not None else []
+
+    def still_fails(candidate: Case) -> bool:
+        try:
+            adapter.check_supported(candidate)
+        except UnsupportedFeature:
+            return False
+        obs = _observe(worker, candidate, opts)
+        if obs is None or judge(candidate, declared, obs).ok:
+            return False
+        if not flips:
+            return not explain(candidate, declared, obs, pairs=False)
+        return judge(candidate, declared.replace(**{k: v[0] for k, v in flips[0].items()}), obs).ok
+
+    minimal = shrink(case, still_fails)
+    if minimal is case:
+        return case
+    shapes = sorted({s.x.shape for s in minimal.steps})
+    return minimal.replace(label=f"{case.label} [shrunk to {len(minimal.steps)} step(s) of shape "
+                                 f"{', '.join(map(str, shapes))}]")
+
+
+def _observe(worker: Worker, case: Case, opts: RunOptions) -> Observation | None:
+    try:
+        result = worker.run(case, timeout=opts.timeout)
+        _check_shapes(case, result)
+        return Observation(result=result)
+    except (FrameworkError, SingleValueError) as exc:
+        return Observation(raised=str(exc))
+    except (AdapterFailure, UnsupportedFeature):
+        return None
+
+
 class ResultsWriter:
     """Appends records to results.jsonl, flushed and fsynced per line: a killed run loses nothing
     that finished."""
@@ -127,29 +217,57 @@ class ResultsWriter:
         self._fh.close()
 
 
+RUN_FILE = "run.json"
+
+
 def run(
     adapters: list[Adapter],
     opts: RunOptions,
     out: Path,
     progress: Callable[[str, Record], None] | None = None,
+    *,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run everything, stream results.jsonl and the minimal cases, return the summary."""
+    """Run everything, stream results.jsonl and the minimal cases, return the summary.
+
+    With ``resume``, the records already in ``out/results.jsonl`` are kept and only the cases
+    they lack are run (a run killed at any point loses at most the case in flight)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "cases").mkdir(exist_ok=True)
-    writer = ResultsWriter(out / "results.jsonl")
+    done = load_records(out) if resume else []
+    if not resume:
+        _atomic_write(out / RUN_FILE, json.dumps({**opts.identity(), "adapters": {a.name: a.ref for a in adapters}},
+                                                  indent=2, sort_keys=True))
+    writer = ResultsWriter(out / "results.jsonl", resume=resume)
     started = time.time()
     workers: dict[str, Worker] = {}
-    records: dict[str, list[Record]] = {}
+    records: dict[str, list[Record]] = {a.name: [] for a in adapters}
+    finished = set()
+    for r in done:
+        if r.adapter in records and r.property in opts.properties and r.example < opts.examples:
+            records[r.adapter].append(r)
+            finished.add((r.adapter, r.property, r.example))
 
     def one_adapter(adapter: Adapter) -> None:
-        worker = workers[adapter.name] = Worker(adapter)
-        recs = records[adapter.name] = []
+        worker = workers[adapter.name] = Worker(adapter, memory_limit_mb=opts.memory_limit_mb)
+        recs = records[adapter.name]
         try:
             for prop in opts.properties:
                 for index in range(opts.examples):
+                    if (adapter.name, prop, index) in finished:
+                        continue
                     case = _case(prop, opts.seed, index)
                     rec = check_case(adapter, case, worker, opts, prop, index)
                     if rec.status in ("fail", "failure"):
+                        known = find(opts.known, adapter.name, prop, rec.status, rec.detail, rec.explained_by)
+                        rec.known = known.id if known else None
+                        first = not any(r.property == prop and r.status in ("fail", "failure") for r in recs)
+                        minimal = case
+                        if opts.shrink and first and rec.status == "fail":
+                            minimal = _minimal(adapter, case, worker, opts)
+                        rec.minimal_case_id = minimal.case_id()
+                        _save_case(out, adapter, minimal, rec)
+                    elif rec.baseline_knobs:  # a divergence from the baseline: `bnspec repro` shows it
                         _save_case(out, adapter, case, rec)
                     recs.append(rec)
                     writer.write(rec)
@@ -163,13 +281,54 @@ def run(
             list(pool.map(one_adapter, adapters))
     finally:
         writer.close()
+    for recs in records.values():
+        recs.sort(key=lambda r: (opts.properties.index(r.property), r.example))
     return summarize(adapters, records, workers, opts, started)
+
+
+def load_records(out: Path) -> list[Record]:
+    """The records of an earlier run in ``out``. A line cut short by a kill is dropped (and cut
+    from the file, so appending goes on from a clean line)."""
+    path = out / "results.jsonl"
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    keep = raw[: raw.rfind(b"\n") + 1]
+    if len(keep) != len(raw):
+        path.write_bytes(keep)
+    records = []
+    for n, line in enumerate(keep.decode("utf-8").splitlines(), 1):
+        try:
+            records.append(Record.from_json(line))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ResumeError(f"{path}:{n} is not a bnspec result record ({exc.__class__.__name__}); "
+                              "start a new run with another --out") from None
+    return records
+
+
+class ResumeError(BnspecError):
+    pass
+
+
+def stored_run(out: Path) -> dict[str, Any]:
+    """The options and adapters of the run in ``out``, for ``--resume``."""
+    try:
+        return json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResumeError(f"{out} holds no bnspec run to resume (no {RUN_FILE})") from None
+    except json.JSONDecodeError:
+        raise ResumeError(f"{out / RUN_FILE} is corrupt; start a new run with another --out") from None
+
+
+def repro_id(case_id: str, adapter: str) -> str:
+    """The id `bnspec repro` takes, and the stored case's file name: safe for any adapter name."""
+    return f"{case_id}-{re.sub(r'[^A-Za-z0-9_.-]', '_', adapter)}"
 
 
 def _save_case(out: Path, adapter: Adapter, case: Case, rec: Record) -> None:
     data = {"adapter": adapter.name, "adapter_ref": adapter.ref, "profile": adapter.profile,
-            "property": rec.property, "case": case.to_dict()}
-    _atomic_write(out / "cases" / f"{rec.case_id}-{adapter.name}.json", json.dumps(data, sort_keys=True))
+            "property": rec.property, "original_case_id": rec.case_id, "case": case.to_dict()}
+    _atomic_write(out / "cases" / f"{repro_id(case.case_id(), adapter.name)}.json", json.dumps(data, sort_keys=True))
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -188,6 +347,8 @@ def summarize(
     from bnspec import __version__
 
     entries = []
+    ran: dict[str, set[str]] = {}
+    seen: set[str] = set()
     timing: dict[str, Any] = {"started": started, "finished": time.time(), "adapters": {}}
     for adapter in sorted(adapters, key=lambda a: a.name):
         recs = records.get(adapter.name, [])
@@ -196,9 +357,11 @@ def summarize(
         non_conformances = []
         for prop in opts.properties:
             prs = [r for r in recs if r.property == prop]
-            counts = {s: sum(r.status == s for r in prs) for s in ("pass", "fail", "not_applicable", "failure")}
+            counts = {s: sum(r.status == s and r.known is None for r in prs)
+                      for s in ("pass", "fail", "not_applicable", "failure")}
+            counts["known"] = sum(r.known is not None for r in prs)
             status = ("failure" if counts["failure"] else "fail" if counts["fail"] else
-                      "pass" if counts["pass"] else "not_applicable")
+                      "known" if counts["known"] else "pass" if counts["pass"] else "not_applicable")
             errs = [r.err_u for r in prs if isinstance(r.err_u, float)]
             knobs = sorted({k for r in prs for k in r.baseline_knobs})
             cells[prop] = {
@@ -206,20 +369,25 @@ def summarize(
                 "max_err_u": max(errs) if errs else None,
                 "unit": next((r.unit for r in prs if r.unit), None),
                 "explained_by": sorted({e for r in prs for e in r.explained_by}),
+                "known": sorted({r.known for r in prs if r.known}),
                 "baseline_knobs": knobs,
                 "detail": next((r.detail for r in prs if r.status in ("fail", "failure")),
                                next((r.detail for r in prs if r.status == "not_applicable"), "")),
             }
             first_bad = next((r for r in prs if r.status in ("fail", "failure")), None)
             if first_bad is not None:
+                minimal = first_bad.minimal_case_id or first_bad.case_id
                 non_conformances.append({
-                    "property": prop, "case_id": first_bad.case_id, "repro_id": f"{first_bad.case_id}-{adapter.name}",
+                    "property": prop, "case_id": first_bad.case_id, "repro_id": repro_id(minimal, adapter.name),
                     "kind": first_bad.status, "label": first_bad.label, "detail": first_bad.detail,
-                    "explained_by": first_bad.explained_by,
+                    "explained_by": first_bad.explained_by, "known": first_bad.known,
                 })
+            if any(r.status in ("pass", "fail") for r in prs):
+                ran.setdefault(adapter.name, set()).add(prop)
+            seen.update(r.known for r in prs if r.known)
             for r in prs:
                 for k in r.baseline_knobs:
-                    d = divergences.setdefault(k, {"properties": [], "example": f"{r.case_id}-{adapter.name}"})
+                    d = divergences.setdefault(k, {"properties": [], "example": repro_id(r.case_id, adapter.name)})
                     if prop not in d["properties"]:
                         d["properties"].append(prop)
         worker = workers.get(adapter.name)
@@ -230,7 +398,8 @@ def summarize(
             "declared_profile": adapter.profile,
             "description": adapter.description,
             "device": "cpu",
-            "conforms": not any(r.status in ("fail", "failure") for r in recs),
+            "conforms": not any(r.bad for r in recs),
+            "known_divergences": sorted({r.known for r in recs if r.known}),
             "cells": cells,
             "non_conformances": non_conformances,
             "divergences": divergences,
@@ -240,6 +409,7 @@ def summarize(
             "startup_seconds": round(worker.startup_seconds, 3) if worker else None,
             "framework_seconds": round(sum(r.seconds for r in recs), 3),
             "restarts": worker.restarts if worker else 0,
+            "peak_rss_mb": round(worker.peak_rss_mb) if worker else None,
         }
     return {
         "schema_version": SCHEMA_VERSION,
@@ -249,5 +419,6 @@ def summarize(
         "baseline": opts.baseline,
         "properties": list(opts.properties),
         "adapters": entries,
+        "known_vanished": vanished(opts.known, ran, seen),
         "timing": timing,
     }

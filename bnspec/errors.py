@@ -38,7 +38,7 @@ class AdapterFailure(BnspecError):
     """A worker crashed, timed out, or could not import its framework."""
 
     def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind  # "crash" | "timeout" | "import" | "bad_output" | "error"
+        self.kind = kind  # "crash" | "timeout" | "memory" | "import" | "bad_output" | "error"
         super().__init__(f"{kind}: {message}")
 
 

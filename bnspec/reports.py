@@ -40,9 +40,10 @@ def write_all(summary: dict[str, Any], out: Path) -> None:
 
 def cell_text(cell: dict[str, Any]) -> str:
     status = cell["status"]
-    if status == "fail":
-        knobs = sorted({e.split(":")[0] for e in cell.get("explained_by", [])}) or ["unexplained"]
-        return "✗ " + ", ".join(knobs)
+    if status in ("fail", "known"):
+        knobs = sorted({part.split(":")[0].strip() for e in cell.get("explained_by", [])
+                        for part in e.replace("|", "+").split("+") if e != "unexplained"}) or ["unexplained"]
+        return ("✗ " if status == "fail" else "◇ known: ") + ", ".join(knobs)
     text = MARK.get(status, status)
     if status == "pass" and cell.get("baseline_knobs"):
         text += " ≠ " + ", ".join(cell["baseline_knobs"])
@@ -61,8 +62,10 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Seed {summary['seed']}, {summary['examples']} example(s) per property, baseline profile "
         f"`{summary['baseline']}`. ✓ conforms to the declared profile; ✗ knob: a non-conformance "
         "and the knob flip that explains it; ≠ knob: conforms, and differs from the baseline by "
-        "that knob (a porting fact); n/a: the implementation cannot express the case; ⚠: the worker "
-        "crashed, hung or could not import its framework.",
+        "that knob (a porting fact); ◇ known: a registered known divergence (cited in "
+        "`bnspec/known_divergences.toml`); n/a: the implementation cannot express the case; ⚠: the "
+        "worker crashed, hung, ran out of memory, returned a malformed result or could not import "
+        "its framework.",
         "",
         "| adapter | version | declared profile | " + " | ".join(props) + " |",
         "|---|---|---|" + "---|" * len(props),
@@ -71,19 +74,26 @@ def markdown(summary: dict[str, Any]) -> str:
         row = [a["name"], a.get("framework_version") or "not installed", a["declared_profile"]]
         row += [cell_text(a["cells"][p]) if p in a["cells"] else "" for p in props]
         lines.append("| " + " | ".join(_md(c) for c in row) + " |")
-    lines += ["", "## Findings", ""]
-    any_finding = False
-    for a in summary["adapters"]:
-        for nc in a["non_conformances"]:
-            any_finding = True
+    for title, want_known in (("New findings", False), ("Known divergences", True)):
+        lines += ["", f"## {title}", ""]
+        found = [(a, nc) for a in summary["adapters"] for nc in a["non_conformances"]
+                 if bool(nc.get("known")) == want_known]
+        for a, nc in found:
             expl = "; ".join(nc["explained_by"]) or "unexplained"
+            known = f" Known divergence `{nc['known']}`." if nc.get("known") else ""
             lines.append(
                 f"- **{_md(a['name'])}** `{nc['property']}` ({nc['kind']}): {_md(nc['detail'])}. "
-                f"Explained by: {_md(expl)}. Minimal case `{nc['repro_id']}` "
+                f"Explained by: {_md(expl)}.{known} Minimal case `{nc['repro_id']}` "
                 f"(`bnspec repro {nc['repro_id']}`)."
             )
-    if not any_finding:
-        lines.append("Every adapter conforms to its declared profile on this run.")
+        if not found:
+            lines.append("None on this run." if want_known else
+                         "Every adapter conforms to its declared profile on this run, known divergences aside.")
+    vanished = summary.get("known_vanished", [])
+    if vanished:
+        lines += ["", "## Known divergences that did not show", ""]
+        lines += [f"- `{v['id']}` ({_md(', '.join(v.get('adapters', [v['adapter']])))}): {_md(v['reason'])}"
+                  for v in vanished]
     lines += ["", "## Divergences from the baseline, by knob", ""]
     for a in summary["adapters"]:
         if a["divergences"]:
@@ -101,7 +111,9 @@ def junit(summary: dict[str, Any]) -> str:
             cls = xml_escape(f"bnspec.{a['name']}", {'"': "&quot;"})
             body = ""
             detail = xml_escape(str(cell.get("detail", "")), {'"': "&quot;"})
-            if cell["status"] == "fail":
+            if cell["status"] == "known":
+                body = f'<system-out>known divergence {xml_escape(", ".join(cell.get("known", [])))}: {detail}</system-out>'
+            elif cell["status"] == "fail":
                 failures += 1
                 body = f'<failure message="{detail}">{xml_escape("; ".join(cell["explained_by"]))}</failure>'
             elif cell["status"] == "failure":

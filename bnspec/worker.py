@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from bnspec.adapter import Adapter
@@ -48,13 +49,21 @@ def _send(fd: int, obj: Any) -> None:
         view = view[n:]
 
 
-def _recv_exact(fd: int, n: int, deadline: float | None) -> bytes:
+_POLL = 0.1  # seconds between memory checks while waiting for a worker
+
+
+def _recv_exact(fd: int, n: int, deadline: float | None, watch: Callable[[], None] | None = None) -> bytes:
     chunks: list[bytes] = []
     while n:
         if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                if select.select([fd], [], [], min(left, _POLL) if watch else left)[0]:
+                    break
+                if watch is not None:
+                    watch()
         chunk = os.read(fd, min(n, 1 << 20))
         if not chunk:
             raise EOFError
@@ -63,15 +72,31 @@ def _recv_exact(fd: int, n: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def _recv(fd: int, deadline: float | None = None) -> Any:
-    (size,) = _HEADER.unpack(_recv_exact(fd, _HEADER.size, deadline))
-    return pickle.loads(_recv_exact(fd, size, deadline))
+def _recv(fd: int, deadline: float | None = None, watch: Callable[[], None] | None = None) -> Any:
+    (size,) = _HEADER.unpack(_recv_exact(fd, _HEADER.size, deadline, watch))
+    return pickle.loads(_recv_exact(fd, size, deadline, watch))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (Linux /proc; 0 where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _OverMemory(Exception):
+    pass
 
 
 class Worker:
     """The parent's handle on one adapter's worker process."""
 
-    def __init__(self, adapter: Adapter, *, start_timeout: float = 300.0) -> None:
+    def __init__(self, adapter: Adapter, *, start_timeout: float = 300.0, memory_limit_mb: float | None = None) -> None:
         if not adapter.ref:
             raise ValueError(f"adapter {adapter.name!r} has no module:attr reference")
         self.adapter = adapter
@@ -81,6 +106,8 @@ class Worker:
         self.meta: dict[str, Any] = {}
         self.restarts = 0
         self.startup_seconds = 0.0
+        self.memory_limit_mb = memory_limit_mb  # resident memory past which a case is stopped
+        self.peak_rss_mb = 0.0
         self._stderr = tempfile.TemporaryFile()
 
     # -- lifecycle --
@@ -136,6 +163,14 @@ class Worker:
         self._stderr.seek(max(0, size - limit))
         return self._stderr.read().decode(errors="replace").strip()
 
+    def _watch(self) -> None:
+        if self.proc is None:
+            return
+        used = rss_mb(self.proc.pid)
+        self.peak_rss_mb = max(self.peak_rss_mb, used)
+        if self.memory_limit_mb is not None and used > self.memory_limit_mb:
+            raise _OverMemory
+
     # -- one case --
     def run(self, case: Case, timeout: float = 120.0) -> Result:
         """The adapter's Result, or raises UnsupportedFeature, FrameworkError (the framework
@@ -161,7 +196,13 @@ class Worker:
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
         try:
             _send(self.proc.stdin.fileno(), message)
-            return _recv(self.proc.stdout.fileno(), time.monotonic() + timeout)
+            return _recv(self.proc.stdout.fileno(), time.monotonic() + timeout, self._watch)
+        except _OverMemory:
+            used = self.peak_rss_mb
+            self._kill()
+            self.restarts += 1
+            raise AdapterFailure("memory", f"worker used {used:,.0f} MiB, over the limit of "
+                                           f"{self.memory_limit_mb:,.0f} MiB; worker restarted") from None
         except TimeoutError:
             self._kill()
             self.restarts += 1

@@ -1,0 +1,136 @@
+"""Known divergences as data: declared, cited ways a framework departs from its own profile.
+
+Like array-api-compat's xfail files, but structured: each entry names the adapter, the
+properties, the knob (or the message) that identifies the divergence, why, and a link. A run
+marks a non-conformance that an entry matches as *known*; it fails on one no entry matches, and
+reports an entry that matched nothing although its adapter and properties ran (it vanished:
+the framework changed, or the entry was wrong).
+
+The built-in registry is ``bnspec/known_divergences.toml``; ``bnspec run --known FILE`` reads a
+port project's own instead.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bnspec.errors import BnspecError
+from bnspec.semantics import KNOBS
+
+_KEYS = {"id", "adapter", "properties", "knob", "match", "kind", "reason", "link"}
+
+
+class InvalidRegistry(BnspecError):
+    pass
+
+
+@dataclass(frozen=True)
+class KnownDivergence:
+    id: str
+    adapter: tuple[str, ...]  # fnmatch patterns over adapter names
+    properties: tuple[str, ...]  # the properties it shows in; empty: any
+    reason: str
+    link: str
+    knob: str | None = None  # an explanation naming this knob identifies it
+    match: str | None = None  # or a regular expression searched in the detail
+    kind: str = "fail"  # fail (a wrong result) | failure (a crash, timeout, bad output)
+
+    def matches(self, adapter: str, prop: str, status: str, detail: str, explained_by: Iterable[str]) -> bool:
+        if status != self.kind or not self.covers(adapter):
+            return False
+        if self.properties and prop not in self.properties:
+            return False
+        if self.knob is not None and not any(
+            part.strip().startswith(f"{self.knob}:") for e in explained_by for part in re.split(r"[|+]", e)
+        ):
+            return False
+        return self.match is None or re.search(self.match, detail) is not None
+
+    def covers(self, adapter: str) -> bool:
+        return any(fnmatch.fnmatchcase(adapter, pattern) for pattern in self.adapter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "adapter": list(self.adapter), "properties": list(self.properties),
+                "knob": self.knob, "match": self.match, "kind": self.kind, "reason": self.reason,
+                "link": self.link}
+
+
+def builtin_path() -> Path:
+    return Path(str(resources.files("bnspec") / "known_divergences.toml"))
+
+
+def load(path: Path | None = None) -> list[KnownDivergence]:
+    """Read and validate a registry; any problem is one line naming the entry and what to fix."""
+    path = path or builtin_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidRegistry(f"known-divergence registry {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRegistry(f"known-divergence registry {path} is not valid TOML: {exc}") from None
+    entries = data.get("divergence", [])
+    if not isinstance(entries, list):
+        raise InvalidRegistry(f"{path}: write each entry as a [[divergence]] table")
+    from bnspec.conformance.cases import PROPERTIES
+
+    out: list[KnownDivergence] = []
+    for i, e in enumerate(entries):
+        where = f"{path}: divergence {e.get('id', i)!r}"
+        unknown = set(e) - _KEYS
+        if unknown:
+            raise InvalidRegistry(f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(_KEYS)}")
+        for key in ("id", "reason", "link"):
+            if not isinstance(e.get(key), str) or not e[key]:
+                raise InvalidRegistry(f"{where} needs a non-empty string {key!r}")
+        patterns = [e["adapter"]] if isinstance(e.get("adapter"), str) else e.get("adapter")
+        if not patterns or not all(isinstance(p, str) and p for p in patterns):
+            raise InvalidRegistry(f"{where} needs 'adapter': a name or pattern, or a list of them")
+        props = tuple(e.get("properties", ()))
+        bad = [p for p in props if p not in PROPERTIES]
+        if bad:
+            raise InvalidRegistry(f"{where} names unknown propert(y/ies) {bad}")
+        knob = e.get("knob")
+        if knob is not None and knob not in KNOBS:
+            raise InvalidRegistry(f"{where} names unknown knob {knob!r}")
+        if knob is None and e.get("match") is None:
+            raise InvalidRegistry(f"{where} needs a 'knob' or a 'match' that identifies it")
+        if e.get("kind", "fail") not in ("fail", "failure"):
+            raise InvalidRegistry(f"{where}: kind must be 'fail' or 'failure'")
+        try:
+            re.compile(e.get("match") or "")
+        except re.error as exc:
+            raise InvalidRegistry(f"{where}: match is not a regular expression ({exc})") from None
+        out.append(KnownDivergence(id=e["id"], adapter=tuple(patterns), properties=props, reason=e["reason"],
+                                   link=e["link"], knob=knob, match=e.get("match"), kind=e.get("kind", "fail")))
+    ids = [k.id for k in out]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise InvalidRegistry(f"{path}: duplicate id(s) {dupes}")
+    return out
+
+
+def find(registry: list[KnownDivergence], adapter: str, prop: str, status: str, detail: str,
+         explained_by: Iterable[str]) -> KnownDivergence | None:
+    explained = list(explained_by)
+    return next((k for k in registry if k.matches(adapter, prop, status, detail, explained)), None)
+
+
+def vanished(registry: list[KnownDivergence], ran: dict[str, set[str]], seen: set[str]) -> list[dict[str, Any]]:
+    """Entries whose adapter ran every property they name (with a case it could express) and
+    that matched nothing: the divergence is gone, or the entry no longer describes it."""
+    out = []
+    for k in registry:
+        if k.id in seen:
+            continue
+        adapters = [a for a in ran if k.covers(a)]
+        needed = set(k.properties) or set(every_property)
+        if adapters and all(needed <= ran[a] for a in adapters):
+            out.append({**k.to_dict(), "adapters": sorted(adapters)})
+    return out

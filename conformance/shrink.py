@@ -1,0 +1,83 @@
+"""Minimal cases: Hypothesis shrinks a failing case to the smallest reduction that still fails
+the same way.
+
+A reduction keeps a window of the step plan, a prefix of the batch, of the channels and of each
+spatial extent. Hypothesis searches these (derandomized, no example database, a fixed budget, so
+a run reproduces from its seed) and shrinks every choice toward the smallest: one step, one
+sample, one channel. "The same way" is the caller's predicate: the reduced case still disagrees
+with the declared profile, and the knob flip that explained the original still explains it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bnspec.case import Case
+from bnspec.errors import BnspecError
+
+BUDGET = 20  # adapter calls per shrink: each is a framework call (and, for JAX, a compile)
+
+
+def reduce(case: Case, first: int, count: int, n: int, c: int, spatial: tuple[int, ...]) -> Case:
+    """The case restricted to steps[first:first+count], samples [:n], channels [:c] and each
+    spatial extent's prefix."""
+    index = (slice(0, n), slice(0, c), *(slice(0, s) for s in spatial))
+
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(a[index[: a.ndim]])
+
+    steps = tuple(
+        dataclasses.replace(s, x=cut(s.x), grad_output=cut(s.grad_output))
+        for s in case.steps[first : first + count]
+    )
+    per_channel = {k: (None if getattr(case, k) is None else getattr(case, k)[:c])
+                   for k in ("gamma", "beta", "running_mean", "running_var")}
+    return case.replace(steps=steps, **per_channel)
+
+
+def size(case: Case) -> tuple[int, int]:
+    return (len(case.steps), sum(int(s.x.size) for s in case.steps))
+
+
+def shrink(case: Case, still_fails: Callable[[Case], bool], budget: int = BUDGET) -> Case:
+    """The smallest reduction of ``case`` for which ``still_fails`` holds (``case`` itself when
+    Hypothesis finds none within ``budget`` calls)."""
+    from hypothesis import HealthCheck, Phase, find, settings
+    from hypothesis import strategies as st
+    from hypothesis.errors import NoSuchExample
+
+    steps = len(case.steps)
+    shape = min((s.x.shape for s in case.steps), key=lambda sh: int(np.prod(sh)))
+    n, c, *spatial = shape
+
+    @st.composite
+    def reductions(draw: Any) -> Case:
+        first = draw(st.integers(0, steps - 1), label="first step")
+        count = draw(st.integers(1, steps - first), label="steps kept")
+        return reduce(case, first, count, draw(st.integers(1, n), label="samples"),
+                      draw(st.integers(1, c), label="channels"),
+                      tuple(draw(st.integers(1, s), label=f"spatial {i}") for i, s in enumerate(spatial)))
+
+    calls = 0
+
+    def condition(candidate: Case) -> bool:
+        nonlocal calls
+        if calls >= budget or size(candidate) >= size(case):
+            return False
+        calls += 1
+        try:
+            return still_fails(candidate)
+        except BnspecError:
+            return False
+
+    try:
+        return find(reductions(), condition, settings=settings(
+            max_examples=budget * 4, derandomize=True, database=None, deadline=None,
+            phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck)))
+    except NoSuchExample:
+        return case
+
