@@ -211,12 +211,25 @@ def fingerprint(adapter: str, adapter_path: bool, as_json: bool, seed: int) -> N
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=repr))
         return
-    click.echo(f"{result['adapter']} (declared profile {result['declared_profile']})")
+    click.echo(f"{result['adapter']}: declared profile {result['declared_profile']}, "
+               f"{result['probes_run']} probe run(s)\n")
+    click.echo(f"  {'knob':<20} {'observed':<26} {'declared':<20} {'status':<13} decided by")
+    reasons = []
     for k, row in result["knobs"].items():
-        mark = "" if row["agrees"] else "   <-- differs"
-        click.echo(f"  {k:<20} observed {row['observed']:<28} declared {row['declared']!r:<22}{mark}")
-        if row.get("decided_by"):
-            click.echo(f"  {'':<20} decided by {row['decided_by']}")
+        status = row.get("status", "decided" if row["agrees"] else "differs")
+        observed = str(row["observed"])
+        if status == "not probed":
+            reasons.append(f"  {k}: {observed.removeprefix('not probed').strip(' ()')}")
+            observed = "-"
+        mark = "" if row["agrees"] else "  <-- differs"
+        click.echo(f"  {k:<20} {observed:<26} {row['declared']!r:<20} {status:<13} "
+                   f"{row.get('decided_by') or ''}{mark}")
+        if not row["agrees"] and row.get("evidence"):
+            click.echo(f"  {'':<20} evidence: {row['evidence']}")
+        if row.get("note"):
+            click.echo(f"  {'':<20} note: {row['note']}")
+    if reasons:
+        click.echo("\nnot probed:\n" + "\n".join(reasons))
 
 
 @cli.command()
