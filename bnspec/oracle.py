@@ -71,7 +71,8 @@ def exact_steps(
         g = None if step.grad_output is None else _channels(step.grad_output)
         n = len(x[0])
         source = _stats_source(step, sem, track)
-        needs_batch = source != "running" or (step.updates_running and track)
+        updating = step.updates_running and track and sem.running_update == "ema"
+        needs_batch = source != "running" or updating
         q: dict = {"y_dtype": y_dtype, "running_dtype": state_dtype}
         mean_b: list[Num] = []
         var_b: list[Num] = []
@@ -90,7 +91,7 @@ def exact_steps(
             q["batch_mean"], q["batch_var"] = mean_b, var_b
         w_stats: Num = Fraction(0)  # d(statistic that normalizes) / d(batch statistic)
         var_factor_running: Num = Fraction(1)
-        if step.updates_running and track:
+        if updating:
             updates += 1
             w = _batch_weight(case.momentum, sem, declared, updates)
             debias = 1 - (1 - w_steady) ** updates if sem.ema_debias else Fraction(1)
@@ -238,9 +239,8 @@ def _batch_weight(momentum: float | None, sem: Semantics, declared: str, updates
 
 
 def _dtypes(sem: Semantics, case: Case) -> tuple[str, str]:
-    state = {"input": case.dtype, "float32": "float32", "parameters": case.param_dtype}[
-        sem.state_dtype
-    ]
+    state = {"input": case.dtype, "float32": "float32", "parameters": case.param_dtype,
+             "promote_float32": more_precise(case.dtype, "float32")}[sem.state_dtype]
     output = {"input": case.dtype, "parameters": case.param_dtype, "state": state}[
         sem.output_dtype
     ]

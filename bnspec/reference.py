@@ -31,11 +31,13 @@ class _Arith:
     algorithm: str
 
     def cast(self, a: np.ndarray | float, dtype: str) -> np.ndarray:
-        return np.asarray(a, dtype=np.float64).astype(np_dtype(dtype))
+        # copy=False: a cast to the dtype an array already has is free (the exact path's case);
+        # nothing below writes into an array it did not allocate itself.
+        return np.asarray(a, dtype=np.float64).astype(np_dtype(dtype), copy=False)
 
     def channel_mean(self, a: np.ndarray, axes: tuple[int, ...], n: int) -> np.ndarray:
         dt = np_dtype(self.compute)
-        total = np.sum(a.astype(dt), axis=axes, dtype=dt, keepdims=True)
+        total = np.sum(a.astype(dt, copy=False), axis=axes, dtype=dt, keepdims=True)
         return (total / dt.type(n)).astype(dt)
 
 
@@ -50,7 +52,8 @@ def arithmetic_of(semantics: Semantics, case: Case) -> _Arith:
         "float32": "float32",
         "promote_float32": more_precise(dtype, "float32"),
     }[semantics.compute_dtype]
-    state = {"input": dtype, "float32": "float32", "parameters": params}[semantics.state_dtype]
+    state = {"input": dtype, "float32": "float32", "parameters": params,
+             "promote_float32": more_precise(dtype, "float32")}[semantics.state_dtype]
     output = {"input": dtype, "parameters": params, "state": state}[semantics.output_dtype]
     normalize = dtype if semantics.normalize_dtype == "input" else compute
     return _Arith(compute, normalize, output, state, semantics.variance_algorithm)
@@ -73,8 +76,9 @@ def emulate(case: Case, semantics: Semantics, *, passed_as: MomentumWeights | No
 
 def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | None) -> Result:
     declared = passed_as or sem.momentum_weights
-    hidden_mean = ar.cast(case.running_mean, ar.state)
-    hidden_var = ar.cast(case.running_var, ar.state)
+    created = "float32" if sem.state_dtype == "promote_float32" and ar is not EXACT else ar.state
+    hidden_mean = ar.cast(ar.cast(case.running_mean, created), ar.state)  # loaded into its creation dtype
+    hidden_var = ar.cast(ar.cast(case.running_var, created), ar.state)
     updates = 0
     w_steady = _batch_weight(case.momentum, sem, declared, 2)  # the EMA weight after step 1
     out: list[StepResult] = []
@@ -85,7 +89,8 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
         axes = (0, *range(2, x.ndim))
         n = x.size // x.shape[1]
         source = _stats_source(step, sem, case.track_running_stats)
-        needs_batch = source != "running" or step.updates_running and case.track_running_stats
+        updating = step.updates_running and case.track_running_stats and sem.running_update == "ema"
+        needs_batch = source != "running" or updating
         res = StepResult(y=np.empty(0), y_dtype=meta_dtype, running_dtype=state_dtype)
         if needs_batch:
             if n == 1 and sem.single_value == "error":
@@ -97,7 +102,7 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
             res.batch_mean, res.batch_var = _flat(mean_b), _flat(var_b)
         w_stats = 0.0  # d(statistic used to normalize) / d(batch statistic)
         var_factor_running = 1.0
-        if step.updates_running and case.track_running_stats:
+        if updating:
             updates += 1
             w = _batch_weight(case.momentum, sem, declared, updates)
             debias = (1.0 - (1.0 - w_steady) ** updates) if sem.ema_debias else 1.0
@@ -144,7 +149,7 @@ def _batch_stats(
     mean = ar.channel_mean(x, axes, n)
     if ar.algorithm == "two_pass":
         dev = x - mean
-        var = ar.channel_mean(dev * dev, axes, n)
+        var = ar.channel_mean(np.square(dev, out=dev), axes, n)
     else:  # E[x^2] - E[x]^2, the one-pass form that cancels when |mean| >> std
         var = ar.channel_mean(x * x, axes, n) - mean * mean
         if ar.algorithm == "one_pass_clamped":
@@ -188,12 +193,13 @@ def _normalize(
     else:
         inv = 1 / (np.sqrt(var) + np_dtype(ar.compute).type(eps))
     mean, inv = ar.cast(mean, ar.normalize), ar.cast(inv, ar.normalize)
-    y = (ar.cast(x, ar.normalize) - mean) * inv
+    # In place on the one array allocated here: the same roundings as y = (x - mean) * inv ...
+    y = np.subtract(ar.cast(x, ar.normalize), mean)
+    y *= inv
     if case.gamma is not None and case.beta is not None:
-        y = y * ar.cast(case.gamma.reshape(shape), ar.normalize) + ar.cast(
-            case.beta.reshape(shape), ar.normalize
-        )
-    return ar.cast(y.astype(np.float64), ar.output).astype(np.float64)
+        y *= ar.cast(case.gamma.reshape(shape), ar.normalize)
+        y += ar.cast(case.beta.reshape(shape), ar.normalize)
+    return ar.cast(y.astype(np.float64, copy=False), ar.output).astype(np.float64, copy=False)
 
 
 def _gradients(
@@ -228,16 +234,28 @@ def _gradients(
         with np.errstate(divide="ignore"):
             dr = -1 / ((root + eps) ** 2 * 2 * root)
     gamma = case.gamma.reshape(shape) if case.gamma is not None else 1.0
-    xhat = (x - mean_s) * r
-    g_mean = g.mean(axis=axes, keepdims=True)
-    dx = gamma * r * (g - w_mean * g_mean)
+    n = x.size // x.shape[1]
+    dev = x - mean_s
+    g_sum = g.sum(axis=axes, keepdims=True)
+    g_dev = _channel_dot(g, dev).reshape(shape)  # sum(g (x - mean_s)) per channel
+    gr = gamma * r
+    # dx = gamma r (g - w_mean mean(g)) + 2 gamma w_var r' (x - mean_b) mean(g (x - mean_s)),
+    # built in place: the batch-sized arrays are dev and dx only.
+    dx = g * gr
+    dx -= gr * (w_mean * g_sum / n)
     if w_var:
-        dx = dx + 2 * gamma * w_var * dr * (x - mean_b.reshape(shape)) * np.mean(
-            g * (x - mean_s), axis=axes, keepdims=True
-        )
+        coef = 2 * gamma * w_var * dr * (g_dev / n)
+        base = dev if np.array_equal(mean_b.reshape(shape), mean_s) else x - mean_b.reshape(shape)
+        dx += np.multiply(base, coef, out=base)  # base is ours: dev is not needed any more
     res.dx = dx
-    res.dbeta = g.sum(axis=axes) if case.affine else None
-    res.dgamma = (g * xhat).sum(axis=axes) if case.affine else None
+    res.dbeta = _flat(g_sum) if case.affine else None
+    res.dgamma = _flat(r) * _flat(g_dev) if case.affine else None  # sum(g xhat) = r sum(g (x - mean_s))
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum over every axis but the channel axis of a * b, in one pass (no product array)."""
+    n, c = a.shape[0], a.shape[1]
+    return np.einsum("ncs,ncs->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
 
 
 def _bshape(x: np.ndarray) -> tuple[int, ...]:

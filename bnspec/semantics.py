@@ -17,12 +17,13 @@ EpsPlacement = Literal["inside_sqrt", "outside_sqrt"]
 MomentumWeights = Literal["batch", "running"]
 Estimator = Literal["biased", "unbiased"]
 FirstUpdate = Literal["ema", "replace"]
+RunningUpdate = Literal["ema", "none"]
 StatsSource = Literal["batch", "running"]
 VarianceAlgorithm = Literal["two_pass", "one_pass", "one_pass_clamped"]
 ComputeDtype = Literal["input", "float32", "promote_float32"]
 NormalizeDtype = Literal["input", "compute"]
 OutputDtype = Literal["input", "parameters", "state"]
-StateDtype = Literal["input", "float32", "parameters"]
+StateDtype = Literal["input", "float32", "parameters", "promote_float32"]
 SingleValue = Literal["error", "allowed", "nan"]
 
 
@@ -77,6 +78,12 @@ KNOBS: dict[str, Knob] = {
             ("ema", "replace"),
         ),
         Knob(
+            "running_update",
+            "whether a training step updates the running statistics (ema) or leaves them as "
+            "they are (none: an inference-only artifact, e.g. a converted graph)",
+            ("ema", "none"),
+        ),
+        Knob(
             "train_stats",
             "statistics normalizing a training batch (running: after this step's update)",
             ("batch", "running"),
@@ -117,9 +124,10 @@ KNOBS: dict[str, Knob] = {
         ),
         Knob(
             "state_dtype",
-            "dtype the running statistics are kept in: the input's, float32, or the "
-            "parameters' (PyTorch buffers follow the module's dtype)",
-            ("input", "float32", "parameters"),
+            "dtype the running statistics are kept in: the input's, float32, the "
+            "parameters' (PyTorch buffers follow the module's dtype), or promote_float32 "
+            "(created float32, promoted by a wider batch: flax.linen under x64)",
+            ("input", "float32", "parameters", "promote_float32"),
             numerics=True,
         ),
         Knob(
@@ -148,6 +156,7 @@ class Semantics:
     ema_debias: bool = False
     initial_running: tuple[float, float] = (0.0, 1.0)
     first_update: FirstUpdate = "ema"
+    running_update: RunningUpdate = "ema"
     train_stats: StatsSource = "batch"
     eval_stats: StatsSource = "running"
     frozen_train_stats: StatsSource | None = None

@@ -24,6 +24,7 @@ WRONG = {
     "train_stats": bad.TRAIN_RUNNING,
     "eval_stats": bad.EVAL_BATCH,
     "frozen_train_stats": bad.FROZEN_BATCH,
+    "running_update": bad.NO_UPDATE,
 }
 
 

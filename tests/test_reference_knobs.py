@@ -108,6 +108,19 @@ def test_first_update_replace_copies_the_batch_statistics() -> None:
     assert _both(case, BASE).steps[0].running_mean.tolist() == [3.0]  # ema: 0.5*5 + 0.5*1
 
 
+def test_running_update_none_leaves_the_running_statistics_and_with_running_stats_is_eval() -> None:
+    # An inference-only artifact: training steps do not move the running statistics; with
+    # train_stats=running, a training step is an eval step: y = (x - 5) / sqrt(4) = [-2.5, -1.5].
+    case = make_case([X02, X24], eps=0.0, momentum=0.5, running_mean=np.array([5.0]),
+                     running_var=np.array([4.0]))
+    steps = _both(case, BASE.replace(running_update="none")).steps
+    assert [s.running_mean.tolist() for s in steps] == [[5.0], [5.0]]
+    assert [s.running_var.tolist() for s in steps] == [[4.0], [4.0]]
+    assert steps[0].y[:, 0].tolist() == [-1.0, 1.0]  # still normalized with the batch
+    as_eval = _both(case, BASE.replace(running_update="none", train_stats="running")).steps
+    assert as_eval[0].y[:, 0].tolist() == [-2.5, -1.5]
+
+
 def test_equinox_ema_normalizes_training_batches_with_the_updated_running_stats() -> None:
     # first_update replace + train_stats running (equinox "ema"): step 1 normalizes with the
     # copied batch stats (mean 1, var 1): y = [-1, 1]. Step 2 (x = [2, 4]) with the blended

@@ -34,6 +34,8 @@ _EQX_CITE = {
     "eps_placement": f"{_CALL}._norm ((y - m) / jnp.sqrt(v + self.eps))",
     "eps_floor": f"{_CALL}._norm: self.eps used as given",
     "momentum": f"{_EQX}::BatchNorm.__init__ (momentum: float = 0.99)",
+    "running_update": "every training step blends the batch statistics into the running "
+                      "ones: the update cited under momentum_weights",
     "momentum_weights": f"{_CALL} (mode='ema': (1 - momentum) * batch_mean + momentum * "
     "running_mean; mode='batch': hidden_mean * self.momentum + mean * (1 - self.momentum))",
     "normalize_var": f"{_CALL}._stats (var = jnp.mean((y - mean) * jnp.conj(y - mean)), "

@@ -4,8 +4,9 @@ Confirmed by running the framework in tests/test_adapter_flax.py. Two facts no c
 value states exactly (see the citations of ``output_dtype`` and ``state_dtype``):
 - linen's output dtype is ``result_type(x, scale, bias)``: with use_scale=use_bias=False it is
   the *input's* (float16 in, float16 out), while nnx promotes with its float32 statistics too;
-- linen's ``batch_stats`` are created float32 but a float64 training step (jax_enable_x64)
-  returns them as float64; nnx casts every update back into its float32 BatchStat.
+- (stated since by ``state_dtype="promote_float32"``) linen's ``batch_stats`` are created
+  float32 but a float64 training step (jax_enable_x64) returns them as float64; nnx casts every
+  update back into its float32 BatchStat.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ FLAX_LINEN = Profile(
         compute_dtype="promote_float32",
         normalize_dtype="compute",
         output_dtype="parameters",
-        state_dtype="float32",
+        state_dtype="promote_float32",
         single_value="allowed",
     ),
     cite={
@@ -47,6 +48,8 @@ FLAX_LINEN = Profile(
         "eps_placement": f"{_LINEN}::_normalize (mul = lax.rsqrt(var + epsilon))",
         "eps_floor": f"{_LINEN}::_normalize: epsilon used as given",
         "momentum": f"{_LINEN}::BatchNorm (momentum: float = 0.99)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_LINEN}::BatchNorm.__call__ (ra_mean.value = self.momentum * "
         "ra_mean.value + (1 - self.momentum) * mean)",
         "normalize_var": f"{_LINEN}::_compute_stats (var = mean(|x|^2) - |mean|^2, no n-1)",
@@ -101,12 +104,14 @@ FLAX_NNX = Profile(
     name="flax_nnx",
     framework="flax",
     title="flax.nnx.BatchNorm (use_fast_variance=True, the default)",
-    semantics=FLAX_LINEN.semantics,
+    semantics=FLAX_LINEN.semantics.replace(state_dtype="float32"),
     cite={
         "eps": f"{_NNX}::BatchNorm.__init__ (epsilon: float = 1e-5)",
         "eps_placement": f"{_NNX}::_normalize (mul = lax.rsqrt(var + epsilon))",
         "eps_floor": f"{_NNX}::_normalize: epsilon used as given",
         "momentum": f"{_NNX}::BatchNorm.__init__ (momentum: float = 0.99)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_NNX}::BatchNorm.__call__ (self.mean[...] = self.momentum * "
         "self.mean[...] + (1 - self.momentum) * mean)",
         "normalize_var": f"{_NNX}::_compute_stats (var = mean(|x|^2) - |mean|^2, no n-1)",

@@ -41,6 +41,8 @@ HAIKU = Profile(
         "(jax.lax.convert_element_type(self.eps, var.dtype))",
         "momentum": f"{_HK}::BatchNorm.__init__ (decay_rate is required, no default; the "
         "docstring examples in haiku/_src/module.py and haiku/_src/basic.py use 0.9)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_HKEMA}::ExponentialMovingAverage.__call__ (hidden = hidden * "
         "decay + value * (one - decay)); BatchNorm.__init__ passes decay_rate as the decay",
         "normalize_var": f"{_HK}::BatchNorm.__call__ (var = mean_of_squares - "

@@ -42,6 +42,8 @@ KERAS = Profile(
         "(rsqrt(variance + epsilon))",
         "eps_floor": f"{_K3}::BatchNormalization.call passes epsilon unchanged",
         "momentum": f"{_K3}::BatchNormalization.__init__ (momentum=0.99)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_K3}::BatchNormalization.call (moving_mean * momentum + mean * "
         "(1 - momentum))",
         "normalize_var": f"{_K3TF}::moments -> tf.nn.moments (population variance)",

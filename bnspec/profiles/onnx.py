@@ -43,6 +43,8 @@ ONNX = Profile(
         "eps_floor": f"{_REF}::_batchnorm_test_mode uses epsilon as given; {_ORT} too "
         "(no floor on the CPU provider; the CUDA provider's cuDNN path is another matter)",
         "momentum": f"{_DEFS} (attribute momentum, a FLOAT, default float32(0.9))",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_DEFS}: running_mean = input_mean * momentum + current_mean * "
         "(1 - momentum)",
         "normalize_var": f"{_DEFS}: Y = (X - current_mean) / sqrt(current_var + epsilon) with "

@@ -40,6 +40,8 @@ IOFFE2015 = Profile(
         "eps_floor": f"{_P}: no floor",
         "momentum": f"{_P}, Algorithm 2 step 10: E[x] = E_B[mu_B], an average over all training "
         "mini-batches (cumulative)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_P}: cumulative averages have no momentum convention; batch weight "
         "1/t",
         "normalize_var": f"{_P}, Algorithm 1: sigma_B^2 = 1/m sum (x_i - mu_B)^2",

@@ -42,6 +42,8 @@ _KERAS2_COMMON = {
     "eps_placement": f"{_K2}::BatchNormalizationBase.call -> {_TFNN}::batch_normalization "
     "(rsqrt(variance + variance_epsilon))",
     "momentum": f"{_K2}::BatchNormalizationBase.__init__ (momentum=0.99)",
+    "running_update": "every training step blends the batch statistics into the running "
+                      "ones: the update cited under momentum_weights",
     "momentum_weights": f"{_K2}::BatchNormalizationBase._assign_moving_average "
     "(variable - (variable - value) * (1 - momentum))",
     "ema_debias": f"{_K2}::BatchNormalizationBase._assign_moving_average: no debiasing",
@@ -80,6 +82,8 @@ TF_KERAS_FUSED = Profile(
         "eps_floor": f"{_K2}::BatchNormalizationBase._fused_batch_norm passes self.epsilon to "
         f"tf.compat.v1.nn.fused_batch_norm ({_TFNN}::fused_batch_norm), which passes it to "
         f"FusedBatchNormV3 unchanged; {_NO_FLOOR}",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_K2}::BatchNormalizationBase._fused_batch_norm (eager: "
         "exponential_avg_factor = 1.0 - self.momentum, the op's blended statistics are "
         "assigned; graph: _assign_moving_average)",
@@ -175,6 +179,8 @@ TF_NN_FUSED = Profile(
         "eps_placement": f"{_CPU_TRAIN}: (batch_variance + epsilon).rsqrt()",
         "momentum": f"{_TFNN}::fused_batch_norm (exponential_avg_factor=1.0: the outputs are the "
         "batch mean and Bessel-corrected batch variance)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"{_CPU_TRAIN}: new_mean = (1 - factor) * old_mean + factor * "
         "batch_mean: exponential_avg_factor weighs the batch statistic (the adapter passes "
         "case.momentum as is)",
@@ -215,6 +221,8 @@ TF_NN_MOMENTS = Profile(
         "eps_placement": f"{_TFNN}::batch_normalization (rsqrt(variance + variance_epsilon))",
         "eps_floor": f"{_TFNN}::batch_normalization adds variance_epsilon as given",
         "momentum": "ops, not a layer: the adapter keeps a tf.keras-convention EMA (0.99)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": f"the adapter's EMA copies {_K2}::_assign_moving_average "
         "(variable - (variable - value) * (1 - momentum))",
         "ema_debias": "the adapter's EMA does not debias (as tf.keras)",

@@ -39,6 +39,8 @@ PYTORCH = Profile(
         "eps_placement": "docs BatchNorm2d: y = (x - E[x]) / sqrt(Var[x] + eps) * gamma + beta",
         "eps_floor": f"{_KERNEL}: eps is used as given, no floor",
         "momentum": f"{_MOD}::_BatchNorm.__init__ (momentum: float | None = 0.1)",
+        "running_update": "every training step blends the batch statistics into the running "
+                          "ones: the update cited under momentum_weights",
         "momentum_weights": "docs BatchNorm2d note: x_new = (1 - momentum) * x_hat + momentum * x_t",
         "normalize_var": "docs BatchNorm2d: 'calculated via the biased estimator'; "
         f"{_KERNEL} (save_var_transform(var_sum / n))",
