@@ -17,7 +17,6 @@ TensorFlow normalizes the last axis: (N, C, *spatial) is moved to (N, *spatial, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -77,17 +76,6 @@ class _TensorFlowAdapter(Adapter):
 
         if tf.config.list_physical_devices("GPU"):  # CUDA_VISIBLE_DEVICES="" hides any
             raise RuntimeError("the TensorFlow adapters are pinned to the CPU kernels")
-
-    def framework_version(self) -> str | None:
-        names = [self.framework]
-        if self.framework == "tensorflow":  # the CPU wheel is its own distribution
-            names.append("tensorflow-cpu")
-        for dist in names:
-            try:
-                return metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                continue
-        return None
 
 
 # --------------------------------------------------------------------------------------------

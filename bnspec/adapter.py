@@ -68,10 +68,11 @@ class Adapter:
 
     # -- helpers for subclasses and the engine --
     def framework_version(self) -> str | None:
-        try:
-            return metadata.version(self.framework)
-        except metadata.PackageNotFoundError:
-            return None
+        """The framework's version, read from package metadata (from the adapter's own
+        environment where it has one), never by importing it."""
+        if self.python is not None:
+            return _version_in_env(self.python, self.framework)
+        return _version(self.framework)
 
     def installed(self) -> bool:
         if self.python is not None:
@@ -105,12 +106,32 @@ class Adapter:
             raise UnsupportedFeature("train steps")
 
 
+def _version_in_env(python: str, dist: str) -> str | None:
+    from pathlib import Path
+
+    env = Path(python).parent.parent
+    paths = [str(p) for p in env.glob("lib/python3*/site-packages")]
+    if not paths:
+        return None
+    found = next(iter(metadata.distributions(name=dist, path=paths)), None)
+    return found.version if found is not None else None
+
+
+# One import name, several distributions: the CPU-only TensorFlow wheel registers as tensorflow-cpu.
+_DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos")}
+
+
+def _version(dist: str) -> str | None:
+    for name in _DISTRIBUTIONS.get(dist, (dist,)):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def _installed(dist: str) -> bool:
-    try:
-        metadata.version(dist)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
+    return _version(dist) is not None
 
 
 def channels_last(a, rank: int):  # type: ignore[no-untyped-def]
