@@ -29,6 +29,8 @@ from bnspec.profiles import get_semantics
 from bnspec.worker import Worker
 
 SCHEMA_VERSION = 1
+# What a conversion path reports beside its outputs (Result.meta), one verdict per case.
+CONVERSION_CHECKS = ("hyperparameters_preserved", "state_preserved", "source_untouched", "trainable_match")
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Record:
     baseline_knobs: list[str] = field(default_factory=list)
     seconds: float = 0.0
     known: str | None = None  # the id of the known divergence this non-conformance is
+    conversion: dict[str, bool] = field(default_factory=dict)  # a conversion path's own checks
     minimal_case_id: str | None = None  # the shrunk case that still fails the same way
 
     def to_json(self) -> str:
@@ -118,6 +121,9 @@ def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, p
         rec.seconds = time.perf_counter() - t0
         return rec
     rec.seconds = time.perf_counter() - t0
+    if obs.result is not None:
+        rec.conversion = {k: bool(obs.result.meta[k]) for k in CONVERSION_CHECKS
+                          if isinstance(obs.result.meta.get(k), (bool, np.bool_))}
     declared = get_semantics(adapter.profile)
     verdict = judge(case, declared, obs)
     if verdict.comparison is not None:
@@ -248,7 +254,10 @@ def run(
             records[r.adapter].append(r)
             finished.add((r.adapter, r.property, r.example))
 
+    elapsed: dict[str, float] = {}
+
     def one_adapter(adapter: Adapter) -> None:
+        t_start = time.perf_counter()
         worker = workers[adapter.name] = Worker(adapter, memory_limit_mb=opts.memory_limit_mb)
         recs = records[adapter.name]
         try:
@@ -275,6 +284,7 @@ def run(
                         progress(adapter.name, rec)
         finally:
             worker.close()
+            elapsed[adapter.name] = time.perf_counter() - t_start
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
@@ -283,7 +293,13 @@ def run(
         writer.close()
     for recs in records.values():
         recs.sort(key=lambda r: (opts.properties.index(r.property), r.example))
-    return summarize(adapters, records, workers, opts, started)
+    summary = summarize(adapters, records, workers, opts, started)
+    for name, seconds in elapsed.items():
+        t = summary["timing"]["adapters"][name]
+        t["wall_seconds"] = round(seconds, 3)
+        # bnspec's own share: judging, attribution, shrinking, IPC (startup and framework calls aside)
+        t["bnspec_seconds"] = round(seconds - (t["startup_seconds"] or 0.0) - t["framework_seconds"], 3)
+    return summary
 
 
 def load_records(out: Path) -> list[Record]:
@@ -390,6 +406,13 @@ def summarize(
                     d = divergences.setdefault(k, {"properties": [], "example": repro_id(r.case_id, adapter.name)})
                     if prop not in d["properties"]:
                         d["properties"].append(prop)
+        conversion: dict[str, Any] = {}
+        for check in CONVERSION_CHECKS:
+            verdicts = [(r, r.conversion[check]) for r in recs if check in r.conversion]
+            if verdicts:
+                bad = [r for r, ok in verdicts if not ok]
+                conversion[check] = {"ok": not bad, "cases": len(verdicts), "failed": len(bad),
+                                     "example": (f"{bad[0].property}[{bad[0].example}]" if bad else None)}
         worker = workers.get(adapter.name)
         entries.append({
             "name": adapter.name,
@@ -404,6 +427,7 @@ def summarize(
             "non_conformances": non_conformances,
             "divergences": divergences,
             "notes": adapter.capabilities.notes,
+            **({"conversion": conversion} if conversion else {}),
         })
         timing["adapters"][adapter.name] = {
             "startup_seconds": round(worker.startup_seconds, 3) if worker else None,

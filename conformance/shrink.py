@@ -62,22 +62,25 @@ def shrink(case: Case, still_fails: Callable[[Case], bool], budget: int = BUDGET
                       draw(st.integers(1, c), label="channels"),
                       tuple(draw(st.integers(1, s), label=f"spatial {i}") for i, s in enumerate(spatial)))
 
-    calls = 0
+    seen: dict[str, bool] = {}  # answers are remembered: Hypothesis replays, and must see the same
 
     def condition(candidate: Case) -> bool:
-        nonlocal calls
-        if calls >= budget or size(candidate) >= size(case):
-            return False
-        calls += 1
-        try:
-            return still_fails(candidate)
-        except BnspecError:
-            return False
+        key = candidate.case_id()
+        if key not in seen:
+            if len(seen) >= budget or size(candidate) >= size(case):
+                return False
+            try:
+                seen[key] = bool(still_fails(candidate))
+            except BnspecError:
+                seen[key] = False
+        return seen[key]
 
     try:
         return find(reductions(), condition, settings=settings(
             max_examples=budget * 4, derandomize=True, database=None, deadline=None,
             phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck)))
     except NoSuchExample:
+        return case
+    except Exception:  # noqa: BLE001 - e.g. Hypothesis's Flaky: a flaky adapter keeps its case
         return case
 
