@@ -26,6 +26,7 @@ from bnspec.case import Case, Result
 from bnspec.errors import AdapterFailure, BnspecError, FrameworkError, SingleValueError, UnsupportedFeature
 from bnspec.known import KnownDivergence, find, vanished
 from bnspec.profiles import get_semantics
+from bnspec.semantics import KNOBS, Semantics
 from bnspec.worker import Worker
 
 SCHEMA_VERSION = 1
@@ -137,9 +138,29 @@ def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, p
     base_verdict = judge(case, baseline, obs)
     rec.baseline_agrees = base_verdict.ok
     if not base_verdict.ok:
-        flips = explain(case, baseline, obs, pairs=True)
-        rec.baseline_knobs = sorted({k for f in flips for k in f}) if flips else ["unexplained"]
+        knobs = _profile_difference(case, declared, baseline, obs) if verdict.ok else []
+        if not knobs:
+            flips = explain(case, baseline, obs, pairs=True)
+            knobs = sorted({k for f in flips for k in f}) if flips else ["unexplained"]
+        rec.baseline_knobs = knobs
     return rec
+
+
+def _profile_difference(case: Case, declared: Semantics, baseline: Semantics, obs: Observation) -> list[str]:
+    """For an implementation that conforms to its declared profile: the knobs where that profile
+    differs from the baseline and which matter for this case (setting one back to the baseline's
+    value alone makes the declared profile disagree with what was observed)."""
+    found = []
+    for name in KNOBS:
+        if name in ("eps", "momentum") or getattr(declared, name) == getattr(baseline, name):
+            continue
+        try:
+            reverted = declared.replace(**{name: getattr(baseline, name)})
+        except BnspecError:
+            continue
+        if not judge(case, reverted, obs).ok:
+            found.append(name)
+    return found
 
 
 def _check_shapes(case: Case, result: Result) -> None:
@@ -171,7 +192,10 @@ def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions) -> 
 
     declared = get_semantics(adapter.profile)
     original = _observe(worker, case, opts)
-    flips = explain(case, declared, original) if original is not None else []
+    if original is None:
+        return case
+    flips = explain(case, declared, original)
+    kind = _failure_kind(judge(case, declared, original))
 
     def still_fails(candidate: Case) -> bool:
         try:
@@ -179,7 +203,10 @@ def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions) -> 
         except UnsupportedFeature:
             return False
         obs = _observe(worker, candidate, opts)
-        if obs is None or judge(candidate, declared, obs).ok:
+        if obs is None:
+            return False
+        verdict = judge(candidate, declared, obs)
+        if verdict.ok or _failure_kind(verdict) != kind:
             return False
         if not flips:
             return not explain(candidate, declared, obs, pairs=False)
@@ -191,6 +218,14 @@ def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions) -> 
     shapes = sorted({s.x.shape for s in minimal.steps})
     return minimal.replace(label=f"{case.label} [shrunk to {len(minimal.steps)} step(s) of shape "
                                  f"{', '.join(map(str, shapes))}]")
+
+
+def _failure_kind(verdict: Any) -> str:
+    """What went wrong, coarsely: the first quantity that mismatched, or that the framework
+    raised, or that it returned a result where an error was expected. A shrunk case must keep it."""
+    if verdict.comparison is not None and verdict.comparison.mismatches:
+        return verdict.comparison.mismatches[0].quantity
+    return verdict.note.split(" ")[0]
 
 
 def _observe(worker: Worker, case: Case, opts: RunOptions) -> Observation | None:

@@ -124,7 +124,10 @@ def find(registry: list[KnownDivergence], adapter: str, prop: str, status: str, 
 
 def vanished(registry: list[KnownDivergence], ran: dict[str, set[str]], seen: set[str]) -> list[dict[str, Any]]:
     """Entries whose adapter ran every property they name (with a case it could express) and
-    that matched nothing: the divergence is gone, or the entry no longer describes it."""
+    that matched nothing: the divergence is gone, or the entry no longer describes it. An entry
+    naming no property vanishes only from a run of every property."""
+    from bnspec.conformance.cases import PROPERTIES as every_property
+
     out = []
     for k in registry:
         if k.id in seen:

@@ -141,6 +141,24 @@ def converters_markdown(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def headline(summary: dict[str, Any]) -> str:
+    """One row per adapter: conformance to its declared profile and the knobs by which it
+    differs from the baseline. README shows this table for the committed report."""
+    lines = [f"| adapter | version | declared profile | conforms | differs from `{summary['baseline']}` by |",
+             "|---|---|---|---|---|"]
+    for a in summary["adapters"]:
+        if not a["conforms"]:
+            verdict = "✗ " + ", ".join(sorted({nc["property"] for nc in a["non_conformances"] if not nc.get("known")}))
+        elif a.get("known_divergences"):
+            verdict = "◇ " + ", ".join(a["known_divergences"])
+        else:
+            verdict = "✓"
+        knobs = ", ".join(f"`{k}`" for k in sorted(a["divergences"])) or "—"
+        lines.append(f"| {_md(a['name'])} | {_md(a.get('framework_version') or 'not installed')} | "
+                     f"{_md(a['declared_profile'])} | {_md(verdict)} | {knobs} |")
+    return "\n".join(lines) + "\n"
+
+
 def junit(summary: dict[str, Any]) -> str:
     cases = []
     failures = errors = skipped = 0

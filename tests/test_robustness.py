@@ -179,6 +179,13 @@ properties = ["estimator"]
 match = "never happens"
 reason = "an entry that no longer matches anything"
 link = "nowhere"
+
+[[divergence]]
+id = "any-property"
+adapter = "reference"
+match = "never happens"
+reason = "names no property: only a run of every property can tell it vanished"
+link = "nowhere"
 """
 
 
