@@ -11,9 +11,17 @@ export TF_NUM_INTRAOP_THREADS ?= 1
 export TF_NUM_INTEROP_THREADS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
+# Converter families whose pins fight the main environment get their own (envs/NAME/.venv), made
+# by envs/create.sh from envs/NAME/requirements.txt, constrained by the measured lock file.
+CONV_ENVS := $(foreach e,torchvision jax2onnx tf2onnx nobuco onnx2tf,envs/$(e)/.venv/.bnspec-setup)
+
 .PHONY: setup test report clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(CONV_ENVS)
+
+.SECONDEXPANSION:
+envs/%/.venv/.bnspec-setup: $$(wildcard envs/$$*/requirements*.txt envs/$$*/python-version) envs/create.sh
+	sh envs/create.sh $* $(PYTHON)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,4 +42,4 @@ report: setup
 	$(PY) -m bnspec run --examples 2 --jobs 2 --out reports; test $$? -le 1
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) envs/*/.venv

@@ -1,0 +1,187 @@
+"""torch.nn.BatchNorm*d -> ``nobuco.pytorch_to_keras`` -> a Keras 3 model (TensorFlow backend),
+trained and evaluated in Keras: each step calls the converted model with ``training=`` the step's
+mode, and the running statistics are read from its ``BatchNormalization`` layer.
+
+Runs in ``envs/nobuco`` (nobuco imports torchvision: torch 2.14.1 + torchvision 0.29.1; nobuco
+0.17.0 imports ``keras.src.engine``, so Keras 2.15 / TensorFlow 2.15 and numpy 1.26). The worker's
+pickled protocol needs numpy 2 on both sides, so the worker runs in the CLI's environment and the
+whole conversion and step plan run in one subprocess of ``envs/nobuco`` (Case and Result as JSON,
+``python -m bnspec.adapters.converters.nobuco``). The
+module is converted in eval mode, as nobuco's README does (``.eval()`` before the conversion, its
+mode restored afterwards); the Keras model takes and returns channels-last batches
+(``ChannelOrder.TENSORFLOW``), as nobuco produces by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bnspec.adapter import Capabilities, channels_first, channels_last
+from bnspec.adapters.converters import _torch_source as src
+from bnspec.adapters.converters._common import (
+    ConverterAdapter, capabilities, env_python, hyperparameters_preserved,
+)
+from bnspec.case import Case, Result, StepResult
+from bnspec.errors import FrameworkError, UnsupportedFeature
+
+_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+        "KERAS_BACKEND": "tensorflow"}
+_NOTES = (
+    "source: torch.nn.BatchNorm1d/2d/3d (converted in eval mode); nobuco.pytorch_to_keras with "
+    "channels-last inputs/outputs; the Keras 2 model is called with training=<step mode> "
+    "(envs/nobuco)."
+)
+
+
+@dataclass
+class NobucoAdapter(ConverterAdapter):
+    capabilities: Capabilities = field(default_factory=lambda: capabilities(
+        dtypes=("float32",), notes=_NOTES))
+    worker_env: dict[str, str] = field(default_factory=lambda: dict(_ENV))
+
+    runner_family: str = "nobuco"
+
+    def installed(self) -> bool:
+        from pathlib import Path
+
+        return Path(env_python(self.runner_family)).exists()
+
+    def framework_version(self) -> str | None:
+        # nobuco lives in envs/nobuco (the worker stays in the CLI's environment)
+        from bnspec.adapter import _version_in_env
+
+        return _version_in_env(env_python(self.runner_family), self.framework)
+
+    def setup(self) -> None:
+        pass
+
+    def run(self, case: Case) -> Result:
+        import json
+        import os
+        import subprocess
+
+        self.check_supported(case)
+        if case.param_dtype != case.dtype:
+            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(_ENV)
+        proc = subprocess.run(
+            [env_python(self.runner_family), "-m", "bnspec.adapters.converters.nobuco"],
+            input=json.dumps(case.to_dict()), capture_output=True, text=True, timeout=600,
+            env=env)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise FrameworkError("RunnerFailure", f"nobuco runner: {last}")
+        answer = json.loads(lines[-1])
+        if "unsupported" in answer:
+            raise UnsupportedFeature(answer["unsupported"])
+        if "error" in answer:
+            raise FrameworkError(answer["error_type"], answer["error"])
+        return Result.from_dict(answer["result"])
+
+    def setup_runner(self) -> None:
+        import nobuco  # noqa: F401
+        import tensorflow as tf
+        import torch
+
+        torch.set_num_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        logging.getLogger().setLevel(logging.ERROR)
+
+    def run_here(self, case: Case) -> Result:
+        import contextlib
+        import io
+        from importlib import metadata
+
+        import keras
+        import nobuco
+        import torch
+        from nobuco import ChannelOrder
+
+        self.check_supported(case)
+        if case.param_dtype != case.dtype:
+            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
+        if len({s.x.shape for s in case.steps}) > 1:
+            raise UnsupportedFeature("steps of different shapes: the conversion is traced on one")
+        module = src.source_module(case)
+        before = src.snapshot(module)
+        x0 = src.example_input(case, case.steps[0].x)
+        was_training = module.training
+        module.eval()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                converted = nobuco.pytorch_to_keras(
+                    module, args=[x0], inputs_channel_order=ChannelOrder.TENSORFLOW,
+                    outputs_channel_order=ChannelOrder.TENSORFLOW)
+        finally:
+            module.train(was_training)
+        layers = [lay for lay in converted.layers
+                  if isinstance(lay, keras.layers.BatchNormalization)]
+        meta: dict[str, Any] = {"torch": torch.__version__, "nobuco": metadata.version("nobuco"),
+                                "keras": keras.__version__}
+        if len(layers) != 1:
+            raise UnsupportedFeature(f"the converted model holds {len(layers)} BatchNormalization "
+                                     f"layers ({[type(lay).__name__ for lay in converted.layers]})")
+        bn = layers[0]
+        momentum = None if bn.momentum is None else 1.0 - float(bn.momentum)
+        meta["converted"] = {
+            "layer": type(bn).__name__, "axis": bn.axis, "eps": float(bn.epsilon),
+            "momentum": momentum, "keras_momentum": float(bn.momentum),
+            "center": bn.center, "scale": bn.scale,
+        }
+        meta["hyperparameters_preserved"] = hyperparameters_preserved(case, float(bn.epsilon),
+                                                                      momentum)
+        initial = (np.array(bn.moving_mean.numpy()), np.array(bn.moving_variance.numpy()))
+        meta["state_preserved"] = (not case.track_running_stats) or bool(
+            (initial[0] == case.running_mean.astype(np.float32)).all()
+            and (initial[1] == case.running_var.astype(np.float32)).all())
+        out: list[StepResult] = []
+        for step in case.steps:
+            x = np.asarray(channels_last(step.x, case.rank), np.float32)
+            y = np.asarray(converted(x, training=step.mode == "train"))
+            res = StepResult(y=channels_first(y.astype(np.float64), case.rank), y_dtype=str(y.dtype))
+            if case.track_running_stats:
+                res.running_mean = np.array(bn.moving_mean.numpy(), np.float64)
+                res.running_var = np.array(bn.moving_variance.numpy(), np.float64)
+                res.running_dtype = bn.moving_mean.dtype.name
+            out.append(res)
+        meta.update(src.conversion_meta(case, module, before, {
+            w.name: int(np.prod(w.shape)) for w in converted.trainable_weights}))
+        return Result(out, meta)
+
+
+def main() -> int:
+    """The runner: a Case (JSON) on stdin, the Result (JSON) on the last line of stdout."""
+    import json
+    import sys
+
+    case = Case.from_dict(json.loads(sys.stdin.read()))
+    TORCH_NOBUCO.setup_runner()
+    try:
+        answer: dict[str, Any] = {"result": TORCH_NOBUCO.run_here(case).to_dict()}
+    except UnsupportedFeature as e:
+        answer = {"unsupported": str(e)}
+    except Exception as e:  # noqa: BLE001 - the converter's failure is the finding
+        answer = {"error_type": type(e).__name__, "error": str(e)}
+    sys.stdout.write("\n" + json.dumps(answer) + "\n")
+    return 0
+
+
+TORCH_NOBUCO = NobucoAdapter(
+    name="torch_nobuco", framework="nobuco", profile="pytorch", converter="nobuco",
+    extra_frameworks=(),
+    description="torch.nn.BatchNorm -> nobuco.pytorch_to_keras -> Keras 2.15 (TensorFlow 2.15), "
+    "trained and evaluated in Keras (envs/nobuco)",
+)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
