@@ -437,3 +437,70 @@ def test_flax_to_torch_chain_cannot_convert_the_opset_23_transpose_of_channels_l
     # Ranks 3 to 5: jax2onnx moves channels-last to ONNX's channels-first with Transpose-23.
     with pytest.raises(FrameworkError, match="operation_type='Transpose', version=23"):
         run(FLAX_ONNX2TORCH, _case(shape=shape))
+
+
+# -- torch -> ONNX -> onnx2tf -> TensorFlow (export in the main env, worker in envs/onnx2tf) ------
+ONNX2TF = "bnspec.adapters.converters.onnx2tf:TORCH_ONNX_ONNX2TF"
+
+
+@_needs_env(ONNX2TF)
+@pytest.mark.parametrize("variant,shape", [
+    ("momentum", (6, 3)), ("momentum", (6, 3, 4)), ("momentum", IMAGES),
+    ("momentum_none", (6, 3, 4)), ("affine_off", (6, 3, 4)),
+])
+def test_onnx2tf_folds_the_batchnorm_into_constants_so_train_steps_run_as_eval_steps(
+        variant, shape) -> None:
+    # onnx2tf lowers BatchNormalization to tf.nn.batch_normalization over constants, folded into
+    # one Mul and one Add: no weights, no state, and training=True changes nothing.
+    case = _case(shape=shape, **VARIANTS[variant])  # type: ignore[arg-type]
+    result = run(ONNX2TF, case)
+    assert not _conforms(case, result)
+    assert _conforms(_all_eval(case), result)
+    assert explain(case, PYTORCH, Observation(result=result)) == [
+        {"running_update": ("none", "ema"), "train_stats": ("running", "batch")}
+    ]
+    assert all(step.running_mean is None for step in result.steps)
+    converted = result.meta["converted"]
+    assert converted["ops"] == ["multiply", "_add_dispatch"]
+    assert converted["weights"] == {} and not converted["has_state"]
+    # eps and the running statistics survive, folded: gamma * rsqrt(var + eps), beta - mean * that.
+    assert result.meta["folded_constants_match"] and result.meta["folded_constants_match_onnx"]
+    assert result.meta["hyperparameters_preserved"] is None and result.meta["state_preserved"] is None
+    assert result.meta["source_untouched"], result.meta["source_changes"]
+    assert result.meta["trainable_converted"] == {}
+    assert result.meta["trainable_match"] is (variant == "affine_off")
+    assert result.meta["network_attempts"] == []
+
+
+@_needs_env(ONNX2TF)
+def test_onnx2tf_without_running_stats_conforms_to_pytorch_in_train_and_eval() -> None:
+    # track_running_stats=False: the export computes the batch moments in the graph, which
+    # onnx2tf keeps as ReduceMean arithmetic.
+    case = _case(track_running_stats=False, modes=("train", "eval", "train"))
+    result = run(ONNX2TF, case)
+    assert _conforms(case, result), compare(case, PYTORCH, result).describe()
+    assert "reduce_mean" in result.meta["converted"]["ops"]
+    assert result.meta["folded_constants_match"] is None
+    assert result.meta["source_untouched"] and not result.meta["trainable_match"]
+
+
+@_needs_env(ONNX2TF)
+def test_onnx2tf_float64_model_normalizes_with_the_float32_eps_of_the_onnx_attribute() -> None:
+    case = _case(modes=("eval", "eval")).replace(dtype="float64", param_dtype="float64")
+    result = run(ONNX2TF, case)
+    assert result.steps[0].y_dtype == "float64"
+    assert not _conforms(case, result)
+    assert _conforms(case.replace(eps=float(np.float32(case.eps))), result)
+    # The export rounded eps; onnx2tf folded what the graph holds.
+    assert not result.meta["folded_constants_match"] and result.meta["folded_constants_match_onnx"]
+
+
+def test_onnx2tf_conversion_runs_with_outgoing_connections_refused_and_recorded() -> None:
+    import socket
+
+    from bnspec.adapters.converters.onnx2tf import _no_network
+
+    with _no_network() as attempts, pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)
+    assert attempts == ["('192.0.2.1', 80)"]
+    assert socket.socket.connect is not None and "refuse" not in socket.socket.connect.__name__
