@@ -40,6 +40,7 @@ report: setup
 	# Exit 1 means a framework does not conform to its declared profile: that is a finding, reported
 	# in reports/, not a failure of the report itself.
 	$(PY) -m bnspec run --examples 2 --jobs 2 --out reports; test $$? -le 1
+	$(PY) -m bnspec.reports README.md reports/summary.json
 
 clean:
 	rm -rf $(VENV) envs/*/.venv

@@ -11,6 +11,7 @@ import the module, and only the worker process calls :meth:`Adapter.setup`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -106,6 +107,7 @@ class Adapter:
             raise UnsupportedFeature("train steps")
 
 
+@functools.lru_cache(maxsize=None)
 def _version_in_env(python: str, dist: str) -> str | None:
     from pathlib import Path
 
@@ -121,6 +123,7 @@ def _version_in_env(python: str, dist: str) -> str | None:
 _DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos")}
 
 
+@functools.lru_cache(maxsize=None)
 def _version(dist: str) -> str | None:
     for name in _DISTRIBUTIONS.get(dist, (dist,)):
         try:

@@ -306,3 +306,22 @@ def html(summary: dict[str, Any]) -> str:
         plot_errors=_plot_errors(summary) if summary["adapters"] else "",
         plot_trajectories=_plot_trajectories(), plot_offsets=_plot_offsets(),
     )
+
+
+README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def update_readme(readme: Path, summary: dict[str, Any]) -> None:
+    """Replace README's headline block with the table of ``summary`` (make report does this)."""
+    text = readme.read_text(encoding="utf-8")
+    head, sep, rest = text.partition(README_START)
+    _, sep2, tail = rest.partition(README_END)
+    if not (sep and sep2):
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block")
+    atomic_write(readme, f"{head}{README_START}\n{headline(summary)}{README_END}{tail}")
+
+
+if __name__ == "__main__":  # python -m bnspec.reports README.md reports/summary.json
+    import sys
+
+    update_readme(Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text(encoding="utf-8")))

@@ -28,3 +28,31 @@ def test_readme_adapter_example_conforms_to_pytorch_through_the_cli(tmp_path):
                           "--examples", "2", "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr + (tmp_path / "out" / "report.md").read_text()
+
+
+def test_readme_headline_is_the_committed_reports_summary():
+    import json
+
+    from bnspec.reports import README_END, README_START, headline
+
+    summary = json.loads((ROOT / "reports" / "summary.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    block = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    assert block.strip() == headline(summary).strip(), "run `make report` (it rewrites README's headline)"
+    # and the report covers every adapter this checkout registers and installs
+    from bnspec.discovery import discover
+
+    installed = {name for name, a in discover().items() if a.installed()}
+    assert installed <= {a["name"] for a in summary["adapters"]}, "reports/ is older than the adapters"
+
+
+def test_committed_report_has_all_five_files_and_the_minimal_cases_it_names():
+    import json
+
+    out = ROOT / "reports"
+    for name in ("results.jsonl", "summary.json", "report.md", "report.html", "junit.xml"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    for a in summary["adapters"]:
+        for nc in a["non_conformances"]:
+            assert (out / "cases" / f"{nc['repro_id']}.json").exists(), nc["repro_id"]
