@@ -286,6 +286,9 @@ def run(
     finished = set()
     for r in done:
         if r.adapter in records and r.property in opts.properties and r.example < opts.examples:
+            if r.status in ("fail", "failure"):  # judged again against the registry as it is now
+                known = find(opts.known, r.adapter, r.property, r.status, r.detail, r.explained_by)
+                r.known = known.id if known else None
             records[r.adapter].append(r)
             finished.add((r.adapter, r.property, r.example))
 
@@ -332,8 +335,10 @@ def run(
     for name, seconds in elapsed.items():
         t = summary["timing"]["adapters"][name]
         t["wall_seconds"] = round(seconds, 3)
-        # bnspec's own share: judging, attribution, shrinking, IPC (startup and framework calls aside)
-        t["bnspec_seconds"] = round(seconds - (t["startup_seconds"] or 0.0) - t["framework_seconds"], 3)
+        # bnspec's own share: judging, attribution, shrinking, IPC (startup and framework calls
+        # aside), over the cases this invocation ran (a resumed run's earlier ones excluded)
+        fresh = sum(r.seconds for r in records[name] if (r.adapter, r.property, r.example) not in finished)
+        t["bnspec_seconds"] = round(seconds - (t["startup_seconds"] or 0.0) - fresh, 3)
     return summary
 
 
