@@ -40,13 +40,15 @@ class Verdict:
     note: str = ""
 
 
-def judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None = None) -> Verdict:
-    """Does the observation agree with ``sem``? Expected errors must be observed errors."""
+def judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None = None,
+          *, quick: bool = False) -> Verdict:
+    """Does the observation agree with ``sem``? Expected errors must be observed errors.
+    ``quick``: stop at the first mismatch (the verdict is all the caller needs)."""
     with np.errstate(all="ignore"):  # NaN/Inf propagation is a property under test, not noise
-        return _judge(case, sem, obs, passed_as)
+        return _judge(case, sem, obs, passed_as, quick)
 
 
-def _judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None) -> Verdict:
+def _judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None, quick: bool = False) -> Verdict:
     try:
         expected = reference(case, sem, passed_as=passed_as)  # type: ignore[arg-type]
     except SingleValueError as exc:
@@ -58,7 +60,7 @@ def _judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None) 
     if obs.raised is not None:
         return Verdict(False, None, f"raised {obs.raised}; the profile defines a result")
     assert obs.result is not None
-    comparison = compare(case, sem, obs.result, expected)
+    comparison = compare(case, sem, obs.result, expected, stop_at_mismatch=quick)
     worst = comparison.worst()
     return Verdict(comparison.ok, comparison, worst.describe() if worst is not None else "")
 
@@ -113,7 +115,7 @@ def _explains(case: Case, base: Semantics, flip: dict[str, Any], obs: Observatio
         candidate = base.replace(**flip)
     except Exception:  # an invalid combination is no explanation
         return False
-    return judge(case, candidate, obs, passed_as).ok
+    return judge(case, candidate, obs, passed_as, quick=True).ok
 
 
 def format_explanation(flips: list[dict[str, tuple[Any, Any]]], observed_word: str = "observed",

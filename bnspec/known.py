@@ -24,7 +24,7 @@ from typing import Any
 from bnspec.errors import BnspecError
 from bnspec.semantics import KNOBS
 
-_KEYS = {"id", "adapter", "properties", "knob", "match", "kind", "reason", "link"}
+_KEYS = {"id", "adapter", "properties", "knob", "match", "kind", "reason", "link", "examples"}
 
 
 class InvalidRegistry(BnspecError):
@@ -41,6 +41,7 @@ class KnownDivergence:
     knob: str | None = None  # an explanation naming this knob identifies it
     match: str | None = None  # or a regular expression searched in the detail
     kind: str = "fail"  # fail (a wrong result) | failure (a crash, timeout, bad output)
+    examples: int = 1  # examples per property a run needs before its absence means it vanished
 
     def matches(self, adapter: str, prop: str, status: str, detail: str, explained_by: Iterable[str]) -> bool:
         if status != self.kind or not self.covers(adapter):
@@ -59,7 +60,7 @@ class KnownDivergence:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "adapter": list(self.adapter), "properties": list(self.properties),
                 "knob": self.knob, "match": self.match, "kind": self.kind, "reason": self.reason,
-                "link": self.link}
+                "link": self.link, "examples": self.examples}
 
 
 def builtin_path() -> Path:
@@ -107,8 +108,12 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
             re.compile(e.get("match") or "")
         except re.error as exc:
             raise InvalidRegistry(f"{where}: match is not a regular expression ({exc})") from None
+        examples = e.get("examples", 1)
+        if not isinstance(examples, int) or examples < 1:
+            raise InvalidRegistry(f"{where}: examples must be a positive integer")
         out.append(KnownDivergence(id=e["id"], adapter=tuple(patterns), properties=props, reason=e["reason"],
-                                   link=e["link"], knob=knob, match=e.get("match"), kind=e.get("kind", "fail")))
+                                   link=e["link"], knob=knob, match=e.get("match"), kind=e.get("kind", "fail"),
+                                   examples=examples))
     ids = [k.id for k in out]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -122,7 +127,8 @@ def find(registry: list[KnownDivergence], adapter: str, prop: str, status: str, 
     return next((k for k in registry if k.matches(adapter, prop, status, detail, explained)), None)
 
 
-def vanished(registry: list[KnownDivergence], ran: dict[str, set[str]], seen: set[str]) -> list[dict[str, Any]]:
+def vanished(registry: list[KnownDivergence], ran: dict[str, set[str]], seen: set[str],
+             examples: int = 1) -> list[dict[str, Any]]:
     """Entries whose adapter ran every property they name (with a case it could express) and
     that matched nothing: the divergence is gone, or the entry no longer describes it. An entry
     naming no property vanishes only from a run of every property."""
@@ -130,7 +136,7 @@ def vanished(registry: list[KnownDivergence], ran: dict[str, set[str]], seen: se
 
     out = []
     for k in registry:
-        if k.id in seen:
+        if k.id in seen or examples < k.examples:
             continue
         adapters = [a for a in ran if k.covers(a)]
         needed = set(k.properties) or set(every_property)

@@ -117,10 +117,13 @@ def _fmt(v: float) -> str:
 
 
 def compare(
-    case: Case, semantics: Semantics, observed: Result, expected: Result | None = None
+    case: Case, semantics: Semantics, observed: Result, expected: Result | None = None,
+    *, stop_at_mismatch: bool = False,
 ) -> Comparison:
     """Check ``observed`` against the exact semantics under the tolerance the profile's numerics
-    knobs imply. ``expected`` defaults to ``reference(case, semantics)``."""
+    knobs imply. ``expected`` defaults to ``reference(case, semantics)``. With
+    ``stop_at_mismatch`` the comparison ends at the first mismatch (for callers that only need
+    to know whether it agrees: attribution tries many profiles)."""
     expected = expected if expected is not None else reference(case, semantics)
     bounds = _Bounds(case, semantics, expected)
     checks: list[Check] = []
@@ -135,6 +138,8 @@ def compare(
             if e is None or o is None:
                 continue
             checks.append(_check(i, q, np.asarray(e), np.asarray(o, dtype=np.float64), bounds.get(i, q, e)))
+            if stop_at_mismatch and not checks[-1].ok:
+                return Comparison(checks)
         if obs.y_dtype is not None and exp.y_dtype is not None and obs.y_dtype != exp.y_dtype:
             checks.append(Check(i, "y_dtype", False, math.inf, 0.0, "-", expected=exp.y_dtype,
                                 observed=obs.y_dtype, note=f"output dtype {obs.y_dtype}, expected {exp.y_dtype}"))
