@@ -91,13 +91,17 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
         source = _stats_source(step, sem, case.track_running_stats)
         updating = step.updates_running and case.track_running_stats and sem.running_update == "ema"
         needs_batch = source != "running" or updating
+        dev_b = None  # x - batch mean, kept by the exact path for normalizing and the gradients
         res = StepResult(y=np.empty(0), y_dtype=meta_dtype, running_dtype=state_dtype)
         if needs_batch:
             if n == 1 and sem.single_value == "error":
                 raise SingleValueError(
                     f"one value per channel in a batch of shape {x.shape} (single_value=error)"
                 )
-            mean_b, var_b = _batch_stats(ar.cast(x, ar.compute), axes, n, ar)
+            if ar is EXACT and ar.algorithm == "two_pass":
+                mean_b, var_b, dev_b = _exact_batch_stats(x, n)
+            else:
+                mean_b, var_b = _batch_stats(ar.cast(x, ar.compute), axes, n, ar)
             factor = n / (n - 1) if n > 1 else (1.0 if sem.single_value == "allowed" else np.inf)
             res.batch_mean, res.batch_var = _flat(mean_b), _flat(var_b)
         w_stats = 0.0  # d(statistic used to normalize) / d(batch statistic)
@@ -124,9 +128,11 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
             mean_s, var_s = mean_b, var_b * c
             w_mean, w_var = 1.0, c
         res.norm_mean, res.norm_var = _flat(mean_s).astype(np.float64), _flat(var_s).astype(np.float64)
-        res.y = _normalize(x, mean_s, var_s, case, sem, ar)
+        dev = dev_b if source != "running" else None  # the batch mean normalizes: reuse x - mean
+        res.y = _normalize(x, mean_s, var_s, case, sem, ar, dev=dev)
         if step.grad_output is not None:
-            _gradients(res, step, mean_s, var_s, w_mean, w_var, mean_b if needs_batch else mean_s, case, sem)
+            _gradients(res, step, mean_s, var_s, w_mean, w_var, mean_b if needs_batch else mean_s, case, sem,
+                       dev=dev)
         out.append(res)
     return Result(out, {"reference": "exact" if ar is EXACT else f"emulated:{ar.compute}"})
 
@@ -157,6 +163,17 @@ def _batch_stats(
     return mean.astype(np.float64), var.astype(np.float64)
 
 
+def _exact_batch_stats(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-pass float64 mean and biased variance, and x - mean (kept: normalizing and the
+    gradients need it again)."""
+    shape = _bshape(x)
+    x = np.asarray(x, dtype=np.float64)
+    mean = (np.sum(x, axis=(0, *range(2, x.ndim)), keepdims=True) / n).reshape(shape)
+    dev = x - mean
+    var = (_channel_dot(dev, dev) / n).reshape(shape)
+    return mean, var, dev
+
+
 def _batch_weight(momentum: float | None, sem: Semantics, declared: str, updates: int) -> float:
     if sem.first_update == "replace" and updates == 1:
         return 1.0
@@ -182,7 +199,8 @@ def _read(
 
 
 def _normalize(
-    x: np.ndarray, mean: np.ndarray, var: np.ndarray, case: Case, sem: Semantics, ar: _Arith
+    x: np.ndarray, mean: np.ndarray, var: np.ndarray, case: Case, sem: Semantics, ar: _Arith,
+    dev: np.ndarray | None = None,
 ) -> np.ndarray:
     eps = max(case.eps, sem.effective_eps_floor)
     shape = _bshape(x)
@@ -192,6 +210,12 @@ def _normalize(
         inv = 1 / np.sqrt(var + np_dtype(ar.compute).type(eps))
     else:
         inv = 1 / (np.sqrt(var) + np_dtype(ar.compute).type(eps))
+    if ar is EXACT and dev is not None:  # float64 throughout: y = (x - mean) * (inv * gamma) + beta
+        scale = inv * case.gamma.reshape(shape) if case.gamma is not None else inv
+        y = np.multiply(dev, scale)
+        if case.beta is not None:
+            y += case.beta.reshape(shape)
+        return y
     mean, inv = ar.cast(mean, ar.normalize), ar.cast(inv, ar.normalize)
     # In place on the one array allocated here: the same roundings as y = (x - mean) * inv ...
     y = np.subtract(ar.cast(x, ar.normalize), mean)
@@ -212,6 +236,7 @@ def _gradients(
     mean_b: np.ndarray,
     case: Case,
     sem: Semantics,
+    dev: np.ndarray | None = None,
 ) -> None:
     """dx, dgamma, dbeta of y = gamma (x - mean_s) r(var_s) + beta, exact float64.
 
@@ -235,7 +260,7 @@ def _gradients(
             dr = -1 / ((root + eps) ** 2 * 2 * root)
     gamma = case.gamma.reshape(shape) if case.gamma is not None else 1.0
     n = x.size // x.shape[1]
-    dev = x - mean_s
+    dev = dev if dev is not None else x - mean_s  # a given dev (the batch's) is ours to overwrite
     g_sum = g.sum(axis=axes, keepdims=True)
     g_dev = _channel_dot(g, dev).reshape(shape)  # sum(g (x - mean_s)) per channel
     gr = gamma * r
