@@ -163,3 +163,41 @@ def test_help_works_everywhere():
     for args in ([], ["run"], ["list"], ["diff"], ["report", "merge"], ["repro"], ["fingerprint"]):
         out = bnspec(*args, "--help")
         assert out.returncode == 0 and "Usage" in out.stdout, args
+
+
+def _run_in_terminal(tmp_path, env_extra):
+    """bnspec run under a pseudo-terminal: what a person at a terminal sees."""
+    import pty
+    import re
+
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env.update(env_extra, TERM="xterm-256color", COLUMNS="100")
+    args = [*BNSPEC, "run", "--adapters", "reference", "--properties", "train_output,eval_output",
+            "--examples", "1", "--out", str(tmp_path / "o")]
+    chunks: list[bytes] = []
+
+    def read(fd):
+        data = os.read(fd, 4096)
+        chunks.append(data)
+        return data
+
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        status = pty.spawn(args, read)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    text = b"".join(chunks).decode(errors="replace")
+    colours = re.findall(r"\x1b\[[0-9;]*(?:3[0-7]|9[0-7]|38;[0-9;]+)m", text)
+    return os.waitstatus_to_exitcode(status), text, colours
+
+
+def test_progress_bars_on_a_terminal_and_no_colour_under_no_color(tmp_path):
+    code, text, colours = _run_in_terminal(tmp_path / "a", {})
+    assert code == 0 and "reference" in text and "2/2" in text, text[-500:]
+    assert colours, "rich draws coloured bars on a terminal"
+    code, text, colours = _run_in_terminal(tmp_path / "b", {"NO_COLOR": "1"})
+    assert code == 0 and "2/2" in text
+    assert not colours, f"colour codes under NO_COLOR: {colours[:3]}"
