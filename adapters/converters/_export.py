@@ -72,25 +72,15 @@ def _flax_nnx(case: Case, out: str) -> dict[str, Any]:
     import logging
     from importlib import metadata
 
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
     from jax2onnx import to_onnx
 
     from bnspec.adapter import channels_last
-    from bnspec.adapters.converters.jax2onnx import _arrays, _changed, _sizes
+    from bnspec.adapters.converters.jax2onnx import _arrays, _changed, _sizes, nnx_source
 
     logging.getLogger().setLevel(logging.ERROR)
-    assert case.momentum is not None
-    model = nnx.BatchNorm(case.num_features, use_running_average=True, axis=-1,
-                          momentum=1.0 - case.momentum, epsilon=case.eps,
-                          param_dtype=jnp.float32, use_bias=case.affine, use_scale=case.affine,
-                          rngs=nnx.Rngs(0))
-    model.mean[...] = jnp.asarray(case.running_mean, jnp.float32)
-    model.var[...] = jnp.asarray(case.running_var, jnp.float32)
-    if case.affine:
-        model.scale[...] = jnp.asarray(case.gamma, jnp.float32)
-        model.bias[...] = jnp.asarray(case.beta, jnp.float32)
+    model = nnx_source(case, use_running_average=True)
     before = _arrays(nnx.state(model))
     shape = tuple(np.shape(channels_last(case.steps[0].x, case.rank)))
     onnx_model = to_onnx(model, [shape])

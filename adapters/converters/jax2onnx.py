@@ -55,6 +55,24 @@ def _changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> lis
                   or before[k].tobytes() != after[k].tobytes() or before[k].dtype != after[k].dtype)
 
 
+
+def nnx_source(case: Case, *, use_running_average: bool) -> Any:
+    """The source layer: flax.nnx.BatchNorm with the case's hyperparameters, parameters and
+    running statistics (float32, the dtype nnx creates them in)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    assert case.momentum is not None
+    model = nnx.BatchNorm(case.num_features, use_running_average=use_running_average, axis=-1,
+                          momentum=1.0 - case.momentum, epsilon=case.eps, param_dtype=jnp.float32,
+                          use_bias=case.affine, use_scale=case.affine, rngs=nnx.Rngs(0))
+    model.mean[...] = jnp.asarray(case.running_mean, jnp.float32)
+    model.var[...] = jnp.asarray(case.running_var, jnp.float32)
+    if case.affine:
+        model.scale[...] = jnp.asarray(case.gamma, jnp.float32)
+        model.bias[...] = jnp.asarray(case.beta, jnp.float32)
+    return model
+
 @dataclass
 class Jax2OnnxAdapter(ConverterAdapter):
     api: Literal["nnx", "linen"] = "nnx"
@@ -80,20 +98,10 @@ class Jax2OnnxAdapter(ConverterAdapter):
         return self._run_linen(case)
 
     def _run_nnx(self, case: Case) -> Result:
-        import jax.numpy as jnp
         from flax import nnx
         from jax2onnx import to_onnx
 
-        assert case.momentum is not None
-        model = nnx.BatchNorm(case.num_features, use_running_average=False, axis=-1,
-                              momentum=1.0 - case.momentum, epsilon=case.eps,
-                              param_dtype=jnp.float32, use_bias=case.affine,
-                              use_scale=case.affine, rngs=nnx.Rngs(0))
-        model.mean[...] = jnp.asarray(case.running_mean, jnp.float32)
-        model.var[...] = jnp.asarray(case.running_var, jnp.float32)
-        if case.affine:
-            model.scale[...] = jnp.asarray(case.gamma, jnp.float32)
-            model.bias[...] = jnp.asarray(case.beta, jnp.float32)
+        model = nnx_source(case, use_running_average=False)
         before = _arrays(nnx.state(model))
         artifacts: dict[tuple[str, tuple[int, ...]], Any] = {}
 
