@@ -161,6 +161,15 @@ def special_values(rng: np.random.Generator, i: int) -> Case:
                      dtype="float32", label="a non-finite value in channel 0 (propagation)")
 
 
+def untracked(rng: np.random.Generator, i: int) -> Case:
+    # PyTorch track_running_stats=False: no running statistics; eval steps use the batch's too.
+    shape = _shape(rng)
+    xs = [_batch(rng, shape, 1.0, 2.0) for _ in range(3)]
+    return make_case(xs, modes=["train", "eval", "train"], **_params(rng, shape[1]), eps=1e-5,
+                     momentum=0.1, dtype="float32", track_running_stats=False,
+                     label="track_running_stats=False: batch statistics in train and eval")
+
+
 def affine_off(rng: np.random.Generator, i: int) -> Case:
     shape = _shape(rng)
     return make_case([_batch(rng, shape), _batch(rng, shape)], modes=["train", "eval"], gamma=None,
@@ -184,6 +193,7 @@ PROPERTIES: dict[str, Property] = {
         Property("half_precision", "float16 / bfloat16 input", half_precision),
         Property("special_values", "NaN and Inf propagation", special_values),
         Property("affine_off", "no gamma and beta", affine_off),
+        Property("untracked", "track_running_stats=False (no running statistics)", untracked),
     ]
 }
 

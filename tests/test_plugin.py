@@ -25,7 +25,7 @@ def test_a_conforming_adapter_passes_the_properties_and_the_drawn_cases(tmp_path
     out = _pytest(tmp_path, "--bnspec-adapter", f"{ROOT}/adapters/reference.py:ADAPTER",
                   "--bnspec-examples", "1", "--bnspec-hypothesis", "25")
     assert out.returncode == 0, out.stdout[-3000:]
-    assert "14 passed, 1 skipped" in out.stdout  # 13 properties + the Hypothesis item; frozen: n/a
+    assert "15 passed, 1 skipped" in out.stdout  # 14 properties + the Hypothesis item; frozen: n/a
 
 
 def test_a_wrong_adapter_fails_with_the_knob_and_a_shrunk_drawn_case(tmp_path):
