@@ -20,15 +20,7 @@ from bnspec.adapter import Adapter, Capabilities
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import UnsupportedFeature
 
-_JAX_ENV = {
-    "JAX_PLATFORMS": "cpu",
-    # float64 cases need x64 mode, which must be set before jax is imported.
-    "JAX_ENABLE_X64": "1",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
+_JAX_ENV = {"JAX_ENABLE_X64": "1"}  # float64 cases: read when jax is imported
 
 
 def _capabilities(mode: str) -> Capabilities:

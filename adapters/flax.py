@@ -23,12 +23,7 @@ from bnspec.adapter import Adapter, Capabilities, channels_first, channels_last
 from bnspec.case import Case, Result, Step, StepResult
 from bnspec.dtypes import name_of
 
-_ENV = {
-    "JAX_ENABLE_X64": "1",
-    "JAX_PLATFORMS": "cpu",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "OMP_NUM_THREADS": "1",
-}
+_ENV = {"JAX_ENABLE_X64": "1"}  # float64 cases: read when jax is imported
 
 _CAPS = Capabilities(
     ranks=(2, 3, 4, 5),

@@ -260,9 +260,7 @@ def _numpy(t: Any) -> np.ndarray:
 
 
 def _env(backend: str, **extra: str) -> dict[str, str]:
-    threads = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                                "TF_NUM_INTEROP_THREADS")}
-    return {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **threads, **extra}
+    return {"KERAS_BACKEND": backend, **extra}  # threads: bnspec.worker.DEFAULT_ENV
 
 
 KERAS_TF = KerasAdapter(

@@ -53,9 +53,6 @@ _TENSOR_TYPE = {"float64": "DOUBLE", "float32": "FLOAT", "float16": "FLOAT16"}
 @dataclass
 class OnnxRuntimeAdapter(Adapter):
     capabilities: Capabilities = field(default_factory=lambda: _CAPS)
-    worker_env: dict[str, str] = field(
-        default_factory=lambda: {"OMP_NUM_THREADS": "1", "ORT_NUM_THREADS": "1"}
-    )
     extra_frameworks: tuple[str, ...] = ("onnx",)
 
     def __post_init__(self) -> None:

@@ -26,13 +26,6 @@ from bnspec.case import Case, Result, StepResult
 from bnspec.dtypes import round_to
 from bnspec.errors import UnsupportedFeature
 
-_ENV = {
-    "TF_NUM_INTRAOP_THREADS": "1",
-    "TF_NUM_INTEROP_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "3",
-    "CUDA_VISIBLE_DEVICES": "",
-}
 _HALF = ("float16", "bfloat16")
 
 
@@ -415,7 +408,6 @@ TF_NN_FUSED = TFFusedOpAdapter(
         "offset=0; the biased batch statistics are not exposed (only the raw op's "
         "device-dependent reserve_space outputs hold them); " + _GRAD_NOTE,
     ),
-    worker_env=dict(_ENV),
 )
 
 TF_NN_MOMENTS = TFMomentsAdapter(
@@ -436,7 +428,6 @@ TF_NN_MOMENTS = TFMomentsAdapter(
         "in it); the EMA is r - (r - b) * (1 - k) with k = 1 - case.momentum, as tf_keras' "
         "_assign_moving_average; bfloat16 left out: moments upcasts only float16; " + _GRAD_NOTE,
     ),
-    worker_env=dict(_ENV),
 )
 
 _KERAS2_NOTES = (
@@ -462,7 +453,6 @@ TF_KERAS_FUSED = TFKerasAdapter(
         notes="fused=True: ranks 4 and 5 only, no float64 (the layer raises); weights float32, "
         "so gamma/beta/running values must be exact in float32; " + _KERAS2_NOTES,
     ),
-    worker_env=dict(_ENV),
     fused=True,
 )
 
@@ -482,7 +472,6 @@ TF_KERAS_NONFUSED = TFKerasAdapter(
         notes="fused=False (the layer's own choice for ranks 2 and 3, fused=None); param_dtype "
         "must be the layer's weight dtype (float32 for float16/bfloat16 inputs); " + _KERAS2_NOTES,
     ),
-    worker_env=dict(_ENV),
     fused=False,
 )
 

@@ -23,7 +23,6 @@ from bnspec.errors import UnsupportedFeature
 
 _DTYPES = ("float64", "float32", "float16", "bfloat16")
 _HALF = ("float16", "bfloat16")
-_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _MODULE_CLASS = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 
 
@@ -355,7 +354,6 @@ TORCH_MODULE = TorchModuleAdapter(
     profile="pytorch",
     description="torch.nn.BatchNorm1d/2d/3d, eager, CPU",
     capabilities=_capabilities(notes=_DTYPE_NOTE),
-    worker_env=dict(_THREADS),
 )
 
 TORCH_FUNCTIONAL = TorchFunctionalAdapter(
@@ -368,7 +366,6 @@ TORCH_FUNCTIONAL = TorchFunctionalAdapter(
         notes=_DTYPE_NOTE + "; without running statistics every step calls training=True "
         "(the functional form cannot normalize in eval mode without them)",
     ),
-    worker_env=dict(_THREADS),
 )
 
 TORCH_COMPILE = TorchCompileAdapter(
@@ -385,7 +382,6 @@ TORCH_COMPILE = TorchCompileAdapter(
         "momentum=None is not capturable in one graph (float(num_batches_tracked))",
     ),
     worker_env={
-        **_THREADS,
         "TORCHINDUCTOR_CACHE_DIR": _INDUCTOR_CACHE,
         "TORCHINDUCTOR_COMPILE_THREADS": "1",
     },

@@ -43,7 +43,8 @@ class Adapter:
 
     ``framework`` is the distribution whose version the report shows (read with
     ``importlib.metadata``, never by importing). ``worker_env`` holds environment variables the
-    worker process needs before it imports anything (``KERAS_BACKEND``, thread counts).
+    worker process needs before it imports anything (``KERAS_BACKEND``, ``JAX_ENABLE_X64``), on
+    top of ``bnspec.worker.DEFAULT_ENV`` (one thread per framework, CPU only).
     ``python`` names another interpreter to run the worker in (None: the CLI's own).
     """
 
@@ -72,7 +73,7 @@ class Adapter:
         """The framework's version, read from package metadata (from the adapter's own
         environment where it has one), never by importing it."""
         if self.python is not None:
-            return _version_in_env(self.python, self.framework)
+            return version_in_env(self.python, self.framework)
         return _version(self.framework)
 
     def installed(self) -> bool:
@@ -108,7 +109,8 @@ class Adapter:
 
 
 @functools.lru_cache(maxsize=None)
-def _version_in_env(python: str, dist: str) -> str | None:
+def version_in_env(python: str, dist: str) -> str | None:
+    """A distribution's version in the environment of interpreter ``python`` (its metadata)."""
     from pathlib import Path
 
     env = Path(python).parent.parent

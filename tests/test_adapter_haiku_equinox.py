@@ -20,6 +20,7 @@ from bnspec.case import Case, Result, make_case
 from bnspec.errors import FrameworkError, UnsupportedFeature
 from bnspec.profiles import get_semantics
 from bnspec.tolerance import compare
+from bnspec.worker import DEFAULT_ENV
 from tests.harness import assert_conforms, run
 
 pytest.importorskip("haiku")
@@ -212,7 +213,7 @@ print(json.dumps(out))
 def fresh_state() -> dict[str, Any]:
     from bnspec.adapters.haiku import HAIKU as adapter
 
-    env = {**os.environ, **adapter.worker_env}
+    env = {**os.environ, **DEFAULT_ENV, **adapter.worker_env}  # as the worker launches it
     proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
                           timeout=120, check=True)
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -253,7 +254,7 @@ def test_snippet_replays_the_case(ref: str) -> None:
     adapter = load_adapter_ref(ref)
     case = _case((3, 2), modes=("train", "eval"), grads=False)
     code = adapter.snippet(case) + "\nprint('YLAST', np.asarray(y1).ravel().tolist())"
-    env = {**os.environ, **adapter.worker_env}
+    env = {**os.environ, **DEFAULT_ENV, **adapter.worker_env}  # as the worker launches it
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -18,7 +18,6 @@ from bnspec.errors import UnsupportedFeature
 REPO = Path(__file__).resolve().parents[2]
 STATE_INPUTS = ("bnspec_running_mean", "bnspec_running_var")
 STATE_OUTPUTS = ("bnspec_new_running_mean", "bnspec_new_running_var")
-_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ORT_NUM_THREADS": "1"}
 
 
 def env_python(family: str) -> str:
@@ -34,7 +33,6 @@ class ConverterAdapter(Adapter):
 
     family: str | None = None
     converter: str = ""  # the converter's distribution, for the report
-    worker_env: dict[str, str] = field(default_factory=lambda: dict(_THREADS))
 
     def __post_init__(self) -> None:
         if self.family is not None and self.python is None:

@@ -28,10 +28,9 @@ from bnspec.adapters.converters._common import (
 )
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import FrameworkError, UnsupportedFeature
+from bnspec.worker import DEFAULT_ENV
 
-_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-        "KERAS_BACKEND": "tensorflow"}
+_ENV = {"KERAS_BACKEND": "tensorflow"}  # threads: bnspec.worker.DEFAULT_ENV
 _NOTES = (
     "source: torch.nn.BatchNorm1d/2d/3d (converted in eval mode); nobuco.pytorch_to_keras with "
     "channels-last inputs/outputs; the Keras 2 model is called with training=<step mode> "
@@ -54,9 +53,9 @@ class NobucoAdapter(ConverterAdapter):
 
     def framework_version(self) -> str | None:
         # nobuco lives in envs/nobuco (the worker stays in the CLI's environment)
-        from bnspec.adapter import _version_in_env
+        from bnspec.adapter import version_in_env
 
-        return _version_in_env(env_python(self.runner_family), self.framework)
+        return version_in_env(env_python(self.runner_family), self.framework)
 
     def setup(self) -> None:
         pass
@@ -70,7 +69,7 @@ class NobucoAdapter(ConverterAdapter):
         if case.param_dtype != case.dtype:
             raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env.update(_ENV)
+        env.update(DEFAULT_ENV, **_ENV)  # the conversion subprocess runs pinned like a worker
         proc = subprocess.run(
             [env_python(self.runner_family), "-m", "bnspec.adapters.converters.nobuco"],
             input=json.dumps(case.to_dict()), capture_output=True, text=True, timeout=600,

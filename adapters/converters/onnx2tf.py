@@ -43,9 +43,6 @@ from bnspec.adapters.converters._common import (
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import FrameworkError, UnsupportedFeature
 
-_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1", "ORT_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-        "CUDA_VISIBLE_DEVICES": ""}
 _OPTIONS: dict[str, Any] = {"tflite_backend": "tf_converter", "disable_model_save": True,
                             "non_verbose": True, "verbosity": "error"}
 _NOTES = (
@@ -65,7 +62,6 @@ def torch_python() -> str:
 @dataclass
 class Onnx2TfAdapter(ConverterAdapter):
     capabilities: Capabilities = field(default_factory=lambda: capabilities(notes=_NOTES))
-    worker_env: dict[str, str] = field(default_factory=lambda: dict(_ENV))
 
     def installed(self) -> bool:
         return super().installed() and Path(torch_python()).exists()

@@ -34,9 +34,7 @@ from bnspec.adapters.converters._common import (
 from bnspec.case import Case, Result
 from bnspec.errors import UnsupportedFeature
 
-_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1",
-        "ORT_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-        "KERAS_BACKEND": "tensorflow"}
+_ENV = {"KERAS_BACKEND": "tensorflow"}  # threads: bnspec.worker.DEFAULT_ENV
 _NOTES = (
     "source: a Keras BatchNormalization(axis=-1) (channels-last, momentum passed as "
     "1 - case.momentum); eval steps on tf2onnx.convert.from_keras (training=False), train steps "
