@@ -142,10 +142,7 @@ def _resumed(directory: Path) -> tuple[list[Any], list[str], int, int, str]:
     from bnspec.engine import stored_run
 
     stored = stored_run(directory)
-    chosen = []
-    for name, ref in sorted(stored["adapters"].items()):
-        adapter = load_adapter_ref(ref)
-        chosen.append(adapter)
+    chosen = [load_adapter_ref(ref) for _, ref in sorted(stored["adapters"].items())]
     return chosen, stored["properties"], stored["examples"], stored["seed"], stored["baseline"]
 
 

@@ -185,12 +185,28 @@ def junit(summary: dict[str, Any]) -> str:
     return head + "\n" + "\n".join(cases) + "\n</testsuite>\n"
 
 
-def _plot_errors(summary: dict[str, Any]) -> str:
-    """Max error in roundoff units per adapter and property (log scale), as a base64 PNG."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported only when a report is drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> str:
+    """The figure as a base64 PNG for a self-contained HTML report; the figure is closed."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    _pyplot().close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plot_errors(summary: dict[str, Any]) -> str:
+    """Max error in roundoff units per adapter and property (log scale), as a base64 PNG."""
+    plt = _pyplot()
 
     props = summary["properties"]
     adapters = summary["adapters"]
@@ -208,20 +224,13 @@ def _plot_errors(summary: dict[str, Any]) -> str:
     ax.set_yticks(range(len(adapters)), [a["name"] for a in adapters], fontsize=7)
     fig.colorbar(im, ax=ax, label="log10(error / u)")
     ax.set_title("largest error in units of the roundoff u (blank: n/a, or no numbers compared)", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
 
 
 def _plot_trajectories() -> str:
     """Running variance over 200 steps under the profiles that differ in debias, estimator and
     initialisation: the reference, so the plot shows what each profile means."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
 
     from bnspec.case import make_case
@@ -243,19 +252,12 @@ def _plot_trajectories() -> str:
     ax.set_xlabel("training step (momentum 0.01 / decay 0.99)")
     ax.set_ylabel("running variance")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
 
 
 def _plot_offsets() -> str:
     """Variance error against the input's offset, one-pass vs two-pass, emulated in float32."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import numpy as np
 
     from bnspec.case import make_case
@@ -278,11 +280,7 @@ def _plot_offsets() -> str:
     ax.set_xlabel("|mean| / std of the input (float32)")
     ax.set_ylabel("variance error / u")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _png(fig)
 
 
 def html(summary: dict[str, Any]) -> str:

@@ -214,10 +214,10 @@ class _Bounds:
         self.u_o = unit_roundoff(ar.output)
         # promote_float32 state starts as float32 (its creation dtype) even when a wider batch
         # promotes it: the loaded statistics carry float32 rounding.
-        self.u_s = unit_roundoff("float32" if sem.state_dtype == "promote_float32" else ar.state)
+        state = "float32" if sem.state_dtype == "promote_float32" else ar.state
+        self.u_s = unit_roundoff(state)
         self.u_in = unit_roundoff(case.dtype)
-        self.units = {"compute": ar.compute, "output": ar.output,
-                      "state": "float32" if sem.state_dtype == "promote_float32" else ar.state}
+        self.units = {"compute": ar.compute, "output": ar.output, "state": state}
         self.one_pass = sem.variance_algorithm != "two_pass"
         self.case, self.sem = case, sem
         self.eps = max(case.eps, sem.effective_eps_floor)
