@@ -9,6 +9,8 @@ low-precision divergence can be predicted rather than guessed. Gradients are alw
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,15 +93,19 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
         source = _stats_source(step, sem, case.track_running_stats)
         updating = step.updates_running and case.track_running_stats and sem.running_update == "ema"
         needs_batch = source != "running" or updating
-        dev_b = None  # x - batch mean, kept by the exact path for normalizing and the gradients
         res = StepResult(y=np.empty(0), y_dtype=meta_dtype, running_dtype=state_dtype)
+        g = step.grad_output
+        batch = _Batch(x, g) if ar is EXACT or g is not None else None
+        g_sums_b = None  # sum(g), sum(g (x - batch mean)): the exact statistics pass has them
         if needs_batch:
             if n == 1 and sem.single_value == "error":
                 raise SingleValueError(
                     f"one value per channel in a batch of shape {x.shape} (single_value=error)"
                 )
-            if ar is EXACT and ar.algorithm == "two_pass":
-                mean_b, var_b, dev_b = _exact_batch_stats(x, n)
+            if ar is EXACT and batch is not None:  # two-pass float64
+                mean_b = (_channel_sum(batch.x3) / n).reshape(_bshape(x))
+                sq, g_sums_b = batch.sums(mean_b, squares=True)
+                var_b = (sq / n).reshape(_bshape(x))
             else:
                 mean_b, var_b = _batch_stats(ar.cast(x, ar.compute), axes, n, ar)
             factor = n / (n - 1) if n > 1 else (1.0 if sem.single_value == "allowed" else np.inf)
@@ -128,11 +134,21 @@ def _run(case: Case, sem: Semantics, ar: _Arith, passed_as: MomentumWeights | No
             mean_s, var_s = mean_b, var_b * c
             w_mean, w_var = 1.0, c
         res.norm_mean, res.norm_var = _flat(mean_s).astype(np.float64), _flat(var_s).astype(np.float64)
-        dev = dev_b if source != "running" else None  # the batch mean normalizes: reuse x - mean
-        res.y = _normalize(x, mean_s, var_s, case, sem, ar, dev=dev)
-        if step.grad_output is not None:
-            _gradients(res, step, mean_s, var_s, w_mean, w_var, mean_b if needs_batch else mean_s, case, sem,
-                       dev=dev)
+        grad = None
+        if g is not None:
+            assert batch is not None
+            g_sum, g_dev = g_sums_b if source != "running" and g_sums_b is not None else batch.g_sums(mean_s)
+            grad = _gradient_terms(res, g_sum, g_dev, mean_s, var_s, w_mean, w_var,
+                                   mean_b if needs_batch else mean_s, n, case, sem)
+        if ar is EXACT:
+            assert batch is not None
+            y, res.dx = batch.finish(_exact_affine(mean_s, var_s, case, sem), grad)
+            assert y is not None
+            res.y = y
+        else:
+            res.y = _normalize(x, mean_s, var_s, case, sem, ar)
+            if batch is not None and grad is not None:
+                res.dx = batch.finish(None, grad)[1]
         out.append(res)
     return Result(out, {"reference": "exact" if ar is EXACT else f"emulated:{ar.compute}"})
 
@@ -163,17 +179,6 @@ def _batch_stats(
     return mean.astype(np.float64), var.astype(np.float64)
 
 
-def _exact_batch_stats(x: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two-pass float64 mean and biased variance, and x - mean (kept: normalizing and the
-    gradients need it again)."""
-    shape = _bshape(x)
-    x = np.asarray(x, dtype=np.float64)
-    mean = (np.sum(x, axis=(0, *range(2, x.ndim)), keepdims=True) / n).reshape(shape)
-    dev = x - mean
-    var = (_channel_dot(dev, dev) / n).reshape(shape)
-    return mean, var, dev
-
-
 def _batch_weight(momentum: float | None, sem: Semantics, declared: str, updates: int) -> float:
     if sem.first_update == "replace" and updates == 1:
         return 1.0
@@ -199,9 +204,9 @@ def _read(
 
 
 def _normalize(
-    x: np.ndarray, mean: np.ndarray, var: np.ndarray, case: Case, sem: Semantics, ar: _Arith,
-    dev: np.ndarray | None = None,
+    x: np.ndarray, mean: np.ndarray, var: np.ndarray, case: Case, sem: Semantics, ar: _Arith
 ) -> np.ndarray:
+    """y in the dtypes of an emulated profile (the exact path: _exact_affine and _Batch.finish)."""
     eps = max(case.eps, sem.effective_eps_floor)
     shape = _bshape(x)
     mean = ar.cast(mean.reshape(shape), ar.compute)
@@ -210,12 +215,6 @@ def _normalize(
         inv = 1 / np.sqrt(var + np_dtype(ar.compute).type(eps))
     else:
         inv = 1 / (np.sqrt(var) + np_dtype(ar.compute).type(eps))
-    if ar is EXACT and dev is not None:  # float64 throughout: y = (x - mean) * (inv * gamma) + beta
-        scale = inv * case.gamma.reshape(shape) if case.gamma is not None else inv
-        y = np.multiply(dev, scale)
-        if case.beta is not None:
-            y += case.beta.reshape(shape)
-        return y
     mean, inv = ar.cast(mean, ar.normalize), ar.cast(inv, ar.normalize)
     # In place on the one array allocated here: the same roundings as y = (x - mean) * inv ...
     y = np.subtract(ar.cast(x, ar.normalize), mean)
@@ -226,30 +225,60 @@ def _normalize(
     return ar.cast(y.astype(np.float64, copy=False), ar.output).astype(np.float64, copy=False)
 
 
-def _gradients(
+@dataclass(frozen=True)
+class _Affine:
+    """y = (x - mean) * scale + shift per channel; shift None without affine parameters."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _Linear:
+    """dx = g * gr - k + (x - mean) * coef per channel; coef None when the statistics used to
+    normalize do not depend on the batch."""
+
+    gr: np.ndarray
+    k: np.ndarray
+    mean: np.ndarray
+    coef: np.ndarray | None
+
+
+def _exact_affine(mean: np.ndarray, var: np.ndarray, case: Case, sem: Semantics) -> _Affine:
+    """The float64 normalization as one scale per channel: y = (x - mean) * (gamma r) + beta."""
+    eps = max(case.eps, sem.effective_eps_floor)
+    if sem.eps_placement == "inside_sqrt":
+        inv = 1 / np.sqrt(var + eps)
+    else:
+        inv = 1 / (np.sqrt(var) + eps)
+    scale = inv * case.gamma.reshape(inv.shape) if case.gamma is not None else inv
+    return _Affine(mean, scale, None if case.beta is None else case.beta.reshape(inv.shape))
+
+
+def _gradient_terms(
     res: StepResult,
-    step: Step,
+    g_sum: np.ndarray,
+    g_dev: np.ndarray,
     mean_s: np.ndarray,
     var_s: np.ndarray,
     w_mean: float,
     w_var: float,
     mean_b: np.ndarray,
+    n: int,
     case: Case,
     sem: Semantics,
-    dev: np.ndarray | None = None,
-) -> None:
-    """dx, dgamma, dbeta of y = gamma (x - mean_s) r(var_s) + beta, exact float64.
+) -> _Linear:
+    """dgamma, dbeta (set on res) and the per-channel terms of dx for y = gamma (x - mean_s)
+    r(var_s) + beta, exact float64, from sum(g) and sum(g (x - mean_s)) per channel.
 
     The statistics used to normalize depend on the batch through w_mean (d mean_s / d mean_b)
     and w_var (d var_s / d biased batch var): 1 and c for batch statistics, the EMA weight for
     running statistics that include this step's update, 0 for fixed running statistics.
     """
-    x, g = step.x, step.grad_output
-    assert g is not None
-    axes = (0, *range(2, x.ndim))
-    shape = _bshape(x)
+    shape = mean_s.shape
     eps = max(case.eps, sem.effective_eps_floor)
-    mean_s, var_s = mean_s.reshape(shape), var_s.reshape(shape)
+    g_sum, g_dev = g_sum.reshape(shape), g_dev.reshape(shape)
     if sem.eps_placement == "inside_sqrt":
         r = 1 / np.sqrt(var_s + eps)
         dr = -0.5 * (var_s + eps) ** -1.5
@@ -259,28 +288,163 @@ def _gradients(
         with np.errstate(divide="ignore"):
             dr = -1 / ((root + eps) ** 2 * 2 * root)
     gamma = case.gamma.reshape(shape) if case.gamma is not None else 1.0
-    n = x.size // x.shape[1]
-    dev = dev if dev is not None else x - mean_s  # a given dev (the batch's) is ours to overwrite
-    g_sum = g.sum(axis=axes, keepdims=True)
-    g_dev = _channel_dot(g, dev).reshape(shape)  # sum(g (x - mean_s)) per channel
-    gr = gamma * r
-    # dx = gamma r (g - w_mean mean(g)) + 2 gamma w_var r' (x - mean_b) mean(g (x - mean_s)),
-    # built in place: the batch-sized arrays are dev and dx only.
-    dx = g * gr
-    dx -= gr * (w_mean * g_sum / n)
-    if w_var:
-        coef = 2 * gamma * w_var * dr * (g_dev / n)
-        base = dev if np.array_equal(mean_b.reshape(shape), mean_s) else x - mean_b.reshape(shape)
-        dx += np.multiply(base, coef, out=base)  # base is ours: dev is not needed any more
-    res.dx = dx
     res.dbeta = _flat(g_sum) if case.affine else None
     res.dgamma = _flat(r) * _flat(g_dev) if case.affine else None  # sum(g xhat) = r sum(g (x - mean_s))
+    # dx = gamma r (g - w_mean mean(g)) + 2 gamma w_var r' (x - mean_b) mean(g (x - mean_s))
+    gr = gamma * r
+    coef = 2 * gamma * w_var * dr * (g_dev / n) if w_var else None
+    return _Linear(gr, gr * (w_mean * g_sum / n), mean_b if mean_b.shape == shape else mean_b.reshape(shape), coef)
 
 
-def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """sum over every axis but the channel axis of a * b, in one pass (no product array)."""
-    n, c = a.shape[0], a.shape[1]
-    return np.einsum("ncs,ncs->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+class _Batch:
+    """One step's float64 x (and upstream gradient g) viewed as (N, C, S) and walked a block at
+    a time (see _blocks): x - mean is formed in cache where a pass needs it, never stored whole,
+    and the only batch-sized arrays allocated are the outputs."""
+
+    def __init__(self, x: np.ndarray, g: np.ndarray | None) -> None:
+        self.shape = x.shape
+        self.x3 = _view3(np.asarray(x, dtype=np.float64))
+        self.g3 = None if g is None else _view3(np.asarray(g, dtype=np.float64))
+        self.blocks = list(_blocks(self.x3))
+        size = max(self.x3[bn, bc].size for bn, bc in self.blocks)
+        self._dev, self._tmp = np.empty(size), np.empty(size)
+
+    def _deviation(self, bn: slice, bc: slice, mean_rows: np.ndarray) -> np.ndarray:
+        xb = self.x3[bn, bc]
+        return np.subtract(xb, mean_rows[:, bc], out=self._dev[: xb.size].reshape(xb.shape))
+
+    def sums(
+        self, mean: np.ndarray, *, squares: bool
+    ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+        """One pass: per channel sum((x - mean)^2) (if squares), and sum(g), sum(g (x - mean))
+        (if there is a g)."""
+        c = self.x3.shape[1]
+        mean_rows = _rows(mean, self.x3)
+        sq = np.zeros(c) if squares else None
+        g_sum, g_dev = np.zeros(c), np.zeros(c)
+        for bn, bc in self.blocks:
+            dev = self._deviation(bn, bc, mean_rows)
+            if sq is not None:
+                sq[bc] += _channel_dot(dev, dev)
+            if self.g3 is not None:
+                gb = self.g3[bn, bc]
+                g_sum[bc] += _channel_sum(gb)
+                g_dev[bc] += _channel_dot(gb, dev)
+        return sq, (None if self.g3 is None else (g_sum, g_dev))
+
+    def g_sums(self, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sums = self.sums(mean, squares=False)[1]
+        assert sums is not None
+        return sums
+
+    def finish(self, y_of: _Affine | None, dx_of: _Linear | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """y and dx in one pass. They share one allocation: freed together, it is reused by
+        the next step, where two batch-sized blocks freed together go back to the OS (glibc's
+        trim threshold) and faulting them in again costs as much as computing them."""
+        x3, g3 = self.x3, self.g3
+        pair = np.empty(((y_of is not None) + (dx_of is not None), *x3.shape))
+        y, dx = (pair[0] if y_of is not None else None), (pair[-1] if dx_of is not None else None)
+        if y_of is not None:
+            y_mean, y_scale = _rows(y_of.mean, x3), _rows(y_of.scale, x3)
+            y_shift = None if y_of.shift is None else _rows(y_of.shift, x3)
+        if dx_of is not None:
+            assert g3 is not None
+            gr, k = _rows(dx_of.gr, x3), _rows(dx_of.k, x3)
+            coef = None if dx_of.coef is None else _rows(dx_of.coef, x3)
+            same = y_of is not None and (dx_of.mean is y_of.mean or np.array_equal(dx_of.mean, y_of.mean))
+            dx_mean = None if coef is None or same else _rows(dx_of.mean, x3)
+        for bn, bc in self.blocks:
+            if y is not None:
+                dev = self._deviation(bn, bc, y_mean)
+                yb = np.multiply(dev, y_scale[:, bc], out=y[bn, bc])
+                if y_shift is not None:
+                    yb += y_shift[:, bc]
+            if dx is not None and g3 is not None:
+                db = np.multiply(g3[bn, bc], gr[:, bc], out=dx[bn, bc])
+                db -= k[:, bc]
+                if coef is not None:
+                    if dx_mean is not None:
+                        dev = self._deviation(bn, bc, dx_mean)
+                    db += np.multiply(dev, coef[:, bc], out=self._tmp[: dev.size].reshape(dev.shape))
+        return (None if y is None else y.reshape(self.shape)), (None if dx is None else dx.reshape(self.shape))
+
+
+def _view3(a: np.ndarray) -> np.ndarray:
+    """(N, C, *spatial) as (N, C, S); a view of a contiguous array."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _rows(v: np.ndarray, a3: np.ndarray) -> np.ndarray:
+    """A per-channel value (C values) as a contiguous (1, C, S) block, broadcast over N: NumPy's
+    inner loop then runs over C*S contiguous elements instead of restarting every S (twice as
+    fast). As (1, C, 1) where the array is one block (building rows would cost more than it
+    saves) or a sample is more than a block (rows as large as the data; S is long anyway)."""
+    c, s = a3.shape[1], a3.shape[2]
+    if a3.size <= _BLOCK or c * s > _BLOCK:
+        return v.reshape(1, c, 1)
+    return np.repeat(v.reshape(c), s).reshape(1, c, s)
+
+
+_BLAS_ROW = 8  # from this many elements per (sample, channel) row on, a row is one BLAS dot
+_PAIRWISE = 8  # NumPy's pairwise summation starts above 8 terms; up to 8 samples are added in turn
+_BLOCK = 1 << 16  # elements per block: 512 KiB of float64
+
+
+def _blocks(a3: np.ndarray) -> Iterator[tuple[slice, slice]]:
+    """(sample, channel) slices cutting an (N, C, S) array into blocks of about _BLOCK elements:
+    runs of whole samples, or runs of channels of one sample where a sample is larger.
+
+    A pass that forms x - mean for a block and uses it while the block is in cache moves a
+    fraction of the bytes of whole-array NumPy passes and needs no batch-sized temporaries.
+    """
+    n, c, s = a3.shape
+    if a3.size <= _BLOCK:
+        yield slice(None), slice(None)
+    elif c * s <= _BLOCK:
+        k = max(1, _BLOCK // max(c * s, 1))
+        for i in range(0, max(n, 1), k):
+            yield slice(i, i + k), slice(None)
+    else:
+        k = max(1, _BLOCK // max(s, 1))
+        for i in range(n):
+            for j in range(0, c, k):
+                yield slice(i, i + 1), slice(j, j + k)
+
+
+def _channel_sum(a3: np.ndarray) -> np.ndarray:
+    """Per-channel sum of an (N, C, S) array: each (sample, channel) row in one BLAS dot, the
+    rows pairwise."""
+    if a3.shape[2] >= _BLAS_ROW:
+        return _sum_samples(np.matmul(a3, _ones(a3.shape[2])))
+    if a3.shape[0] <= _PAIRWISE:
+        return a3.sum(axis=(0, 2))
+    return _sum_samples(a3.sum(axis=2))
+
+
+def _sum_samples(p: np.ndarray) -> np.ndarray:
+    """(N, C) -> (C,), summed pairwise over N (NumPy sums pairwise along a contiguous axis):
+    the rounding error grows with log2(N), where a reduction over the leading axis adds the
+    rows one after another (error growing with N: 2.6 u log2(n) |x| for a (4096, 16) batch)."""
+    if p.shape[0] <= _PAIRWISE:
+        return p.sum(axis=0)
+    return np.ascontiguousarray(p.T).sum(axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _ones(s: int) -> np.ndarray:
+    ones = np.ones(s)
+    ones.flags.writeable = False
+    return ones
+
+
+def _channel_dot(a3: np.ndarray, b3: np.ndarray) -> np.ndarray:
+    """Per-channel sum of a * b over (N, C, S) arrays: each row one BLAS dot (no product array
+    where rows are long), the rows pairwise."""
+    if a3.shape[2] >= _BLAS_ROW and hasattr(np, "vecdot"):  # NumPy >= 2
+        return _sum_samples(np.vecdot(a3, b3))
+    if a3.shape[0] <= _PAIRWISE:
+        return np.einsum("ncs,ncs->c", a3, b3)
+    return _sum_samples(np.einsum("ncs,ncs->nc", a3, b3))
 
 
 def _bshape(x: np.ndarray) -> tuple[int, ...]:
