@@ -11,6 +11,7 @@ K = 16 such units: the reductions here have at most 12 values per channel.
 
 from __future__ import annotations
 
+import importlib
 from fractions import Fraction
 
 import numpy as np
@@ -23,6 +24,8 @@ from bnspec.errors import SingleValueError, UnsupportedFeature
 from bnspec.oracle import exact_steps, oracle, sqrt_fraction
 from bnspec.profiles import PROFILES
 from bnspec.reference import reference
+
+reference_module = importlib.import_module("bnspec.reference")  # the package re-exports the function
 from bnspec.semantics import Semantics
 
 U = 2.0**-53
@@ -186,6 +189,38 @@ def test_float64_reference_is_within_a_few_ulps_of_the_exact_oracle(profile: str
         _assert_reference_matches_oracle(case, sem)
 
     check()
+
+
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+def test_blocked_float64_paths_are_within_a_few_ulps_of_the_exact_oracle(
+    profile: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The oracle's cases are a block each; with blocks of 4 elements, BLAS row dots from 2
+    elements per row and pairwise sums from 2 samples, the same cases go through every path a
+    large batch takes: runs of samples, channels of one sample split, (1, C, S) rows."""
+    monkeypatch.setattr(reference_module, "_BLOCK", 4)
+    monkeypatch.setattr(reference_module, "_BLAS_ROW", 2)
+    monkeypatch.setattr(reference_module, "_PAIRWISE", 1)
+    sem = PROFILES[profile].semantics
+
+    @SETTINGS
+    @given(case=bn_cases(sem))
+    def check(case: Case) -> None:
+        _assert_reference_matches_oracle(case, sem)
+
+    check()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 1, 1), (3, 2, 2), (2, 7, 3), (4, 1, 9), (6, 3, 1)])
+@pytest.mark.parametrize("block", [1, 4, 6, 64])
+def test_blocks_cover_every_element_once(
+    shape: tuple[int, int, int], block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reference_module, "_BLOCK", block)
+    seen = np.zeros(shape, dtype=int)
+    for bn, bc in reference_module._blocks(np.empty(shape)):
+        seen[bn, bc] += 1
+    assert np.all(seen == 1)
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
