@@ -229,7 +229,12 @@ def _serve(ref: str) -> None:
             return
         op = message[0]
         if op == "exit":
-            return
+            # The parent holds every result and the adapters keep no state on disk past a call:
+            # skip the interpreter's teardown (TensorFlow's atexit and thread shut-down took
+            # 1-3 s a worker, 12 % of all adapter time in a default run).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         if op == "setup":
             try:
                 from bnspec.discovery import load_adapter_ref

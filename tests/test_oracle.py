@@ -181,8 +181,10 @@ def _assert_reference_matches_oracle(case: Case, sem: Semantics) -> None:
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
 def test_float64_reference_is_within_a_few_ulps_of_the_exact_oracle(profile: str) -> None:
-    sem = PROFILES[profile].semantics
+    _check_drawn_cases(PROFILES[profile].semantics)
 
+
+def _check_drawn_cases(sem: Semantics) -> None:
     @SETTINGS
     @given(case=bn_cases(sem))
     def check(case: Case) -> None:
@@ -201,14 +203,7 @@ def test_blocked_float64_paths_are_within_a_few_ulps_of_the_exact_oracle(
     monkeypatch.setattr(reference_module, "_BLOCK", 4)
     monkeypatch.setattr(reference_module, "_BLAS_ROW", 2)
     monkeypatch.setattr(reference_module, "_PAIRWISE", 1)
-    sem = PROFILES[profile].semantics
-
-    @SETTINGS
-    @given(case=bn_cases(sem))
-    def check(case: Case) -> None:
-        _assert_reference_matches_oracle(case, sem)
-
-    check()
+    _check_drawn_cases(PROFILES[profile].semantics)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (5, 1, 1), (3, 2, 2), (2, 7, 3), (4, 1, 9), (6, 3, 1)])
