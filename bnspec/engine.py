@@ -100,19 +100,22 @@ def _case(prop: str, seed: int, index: int) -> Case:
     return generate(prop, seed, index)
 
 
-def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, prop: str, index: int) -> Record:
-    """Run one case through one adapter and judge it."""
+def check_case(
+    adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, prop: str, index: int
+) -> tuple[Record, Observation | None]:
+    """Run one case through one adapter and judge it: the record, and what the adapter returned
+    or raised (None where it gave nothing to judge; the shrinker starts from it)."""
     rec = Record(adapter.name, prop, index, case.case_id(), case.label, "pass")
     try:
         adapter.check_supported(case)
     except UnsupportedFeature as exc:
         rec.status, rec.detail = "not_applicable", str(exc)
-        return rec
+        return rec, None
     try:
         worker.start()  # start-up is timed apart from the framework's calls
     except AdapterFailure as exc:
         rec.status, rec.detail = "failure", str(exc)
-        return rec
+        return rec, None
     t0 = time.perf_counter()
     obs = Observation()
     try:
@@ -120,13 +123,13 @@ def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, p
         _check_shapes(case, obs.result)
     except UnsupportedFeature as exc:
         rec.status, rec.detail = "not_applicable", str(exc)
-        return rec
+        return rec, None
     except (FrameworkError, SingleValueError) as exc:
         obs.raised = str(exc)
     except AdapterFailure as exc:
         rec.status, rec.detail = "failure", str(exc)
         rec.seconds = time.perf_counter() - t0
-        return rec
+        return rec, None
     rec.seconds = time.perf_counter() - t0
     if obs.result is not None:
         rec.conversion = {k: bool(obs.result.meta[k]) for k in CONVERSION_CHECKS
@@ -149,7 +152,7 @@ def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, p
             flips = explain(case, baseline, obs, pairs=True)
             knobs = sorted({k for f in flips for k in f}) if flips else ["unexplained"]
         rec.baseline_knobs = knobs
-    return rec
+    return rec, obs
 
 
 def _profile_difference(case: Case, declared: Semantics, baseline: Semantics, obs: Observation) -> list[str]:
@@ -212,16 +215,13 @@ def _check_shapes(case: Case, result: Result) -> None:
                                                    f"expected ({case.num_features},)")
 
 
-def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions) -> Case:
+def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, original: Observation) -> Case:
     """Hypothesis's smallest reduction of a case that fails conformance, failing the same way:
     still a mismatch with the declared profile, still explained by the same knob flip (or still
     explained by none). Crashes and timeouts are not shrunk: each try would cost a worker."""
     from bnspec.conformance.shrink import shrink
 
     declared = get_semantics(adapter.profile)
-    original = _observe(worker, case, opts)
-    if original is None:
-        return case
     flips = explain(case, declared, original)
     kind = _failure_kind(judge(case, declared, original))
 
@@ -333,14 +333,14 @@ def run(
                     if (adapter.name, prop, index) in finished:
                         continue
                     case = _case(prop, opts.seed, index)
-                    rec = check_case(adapter, case, worker, opts, prop, index)
+                    rec, obs = check_case(adapter, case, worker, opts, prop, index)
                     if rec.status in ("fail", "failure"):
                         known = find(opts.known, adapter.name, prop, rec.status, rec.detail, rec.explained_by)
                         rec.known = known.id if known else None
                         first = not any(r.property == prop and r.status in ("fail", "failure") for r in recs)
                         minimal = case
-                        if opts.shrink and first and rec.status == "fail":
-                            minimal = _minimal(adapter, case, worker, opts)
+                        if opts.shrink and first and rec.status == "fail" and obs is not None:
+                            minimal = _minimal(adapter, case, worker, opts, obs)
                         rec.minimal_case_id = minimal.case_id()
                         _save_case(out, adapter, minimal, rec)
                     elif rec.baseline_knobs:  # a divergence from the baseline: `bnspec repro` shows it
@@ -367,10 +367,11 @@ def run(
         t = summary["timing"]["adapters"][name]
         t["wall_seconds"] = round(seconds, 3)
         t["shutdown_seconds"] = round(closing.get(name, 0.0), 3)  # the framework exiting
-        # bnspec's own share: judging, attribution, shrinking, IPC (startup and framework calls
-        # aside), over the cases this invocation ran (a resumed run's earlier ones excluded)
-        fresh = sum(r.seconds for r in records[name] if (r.adapter, r.property, r.example) not in finished)
-        t["bnspec_seconds"] = round(seconds - (t["startup_seconds"] or 0.0) - t["shutdown_seconds"] - fresh, 3)
+        # bnspec's own share: judging, attribution, shrinking, IPC, over what this invocation
+        # ran (a resumed run's earlier cases excluded); start-up, shut-down and every framework
+        # call aside, the shrinker's included (a conversion path's take seconds each)
+        t["bnspec_seconds"] = round(seconds - (t["startup_seconds"] or 0.0) - t["shutdown_seconds"]
+                                    - (t["framework_seconds"] or 0.0), 3)
     return summary
 
 
@@ -509,7 +510,8 @@ def summarize(
         })
         timing["adapters"][adapter.name] = {
             "startup_seconds": round(worker.startup_seconds, 3) if worker else None,
-            "framework_seconds": round(sum(r.seconds for r in recs), 3),
+            # every adapter call this invocation made: the judged cases' and the shrinker's
+            "framework_seconds": round(worker.call_seconds, 3) if worker else None,
             "restarts": worker.restarts if worker else 0,
             "peak_rss_mb": round(worker.peak_rss_mb) if worker else None,
         }

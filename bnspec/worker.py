@@ -107,6 +107,7 @@ class Worker:
         self.meta: dict[str, Any] = {}
         self.restarts = 0
         self.startup_seconds = 0.0
+        self.call_seconds = 0.0  # every run request's round trip, the shrinker's included
         self.memory_limit_mb = memory_limit_mb  # resident memory past which a case is stopped
         self.peak_rss_mb = 0.0
         self._stderr = tempfile.TemporaryFile()
@@ -177,7 +178,11 @@ class Worker:
         """The adapter's Result, or raises UnsupportedFeature, FrameworkError (the framework
         raised: a behaviour to compare) or AdapterFailure (crash, timeout, import, bad output)."""
         self.start()
-        reply = self._request(("run", case), timeout)
+        t0 = time.monotonic()
+        try:
+            reply = self._request(("run", case), timeout)
+        finally:
+            self.call_seconds += time.monotonic() - t0
         kind = reply[0]
         if kind == "result":
             result = reply[1]
