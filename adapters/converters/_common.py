@@ -43,6 +43,17 @@ class ConverterAdapter(Adapter):
             return self.python is not None and Path(self.python).exists()
         return super().installed()
 
+    def check_convertible(self, case: Case, *, traced: bool) -> None:
+        """check_supported, and what a conversion needs besides: one element type (an exported
+        graph has one) and, for a conversion ``traced`` on one example input, one input shape
+        for every step."""
+        self.check_supported(case)
+        if case.param_dtype != case.dtype:
+            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}: the "
+                                     "exported graph has one element type")
+        if traced and len({s.x.shape for s in case.steps}) > 1:
+            raise UnsupportedFeature("steps of different shapes: the conversion is traced on one")
+
 
 def capabilities(**overrides: Any) -> Capabilities:
     base: dict[str, Any] = dict(

@@ -22,7 +22,6 @@ from bnspec.adapters.converters._common import (
 from bnspec.adapters.converters._export import export_onnx
 from bnspec.adapters.converters.onnx2torch import _batchnorm, _numpy, _running
 from bnspec.case import Case, Result, StepResult
-from bnspec.errors import UnsupportedFeature
 
 _NOTES = (
     "source: flax.nnx.BatchNorm (channels-last, float32) exported with jax2onnx.to_onnx in "
@@ -47,11 +46,7 @@ class FlaxOnnx2TorchAdapter(ConverterAdapter):
         import onnx2torch
         import torch
 
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
-        if len({s.x.shape for s in case.steps}) > 1:
-            raise UnsupportedFeature("steps of different shapes: the export is traced on one")
+        self.check_convertible(case, traced=True)
         model, source_meta = export_onnx(env_python(self.source_family), "flax_nnx", case)
         exported = read_batchnorm(model)
         converted = onnx2torch.convert(model)

@@ -27,7 +27,6 @@ from bnspec.adapters.converters._common import (
     read_batchnorm, run_onnx_plan, trainable_initializers,
 )
 from bnspec.case import Case, Result, StepResult
-from bnspec.errors import UnsupportedFeature
 
 _NOTES = (
     "source: flax BatchNorm (channels-last, float32, x64 off); converted with jax2onnx.to_onnx "
@@ -89,9 +88,7 @@ class Jax2OnnxAdapter(ConverterAdapter):
         logging.getLogger().setLevel(logging.ERROR)  # the inference-mode warning is in meta
 
     def run(self, case: Case) -> Result:
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
+        self.check_convertible(case, traced=False)
         assert case.momentum is not None
         if self.api == "nnx":
             return self._run_nnx(case)

@@ -65,9 +65,7 @@ class NobucoAdapter(ConverterAdapter):
         import os
         import subprocess
 
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
+        self.check_convertible(case, traced=False)  # the runner checks the shapes
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.update(DEFAULT_ENV, **_ENV)  # the conversion subprocess runs pinned like a worker
         proc = subprocess.run(
@@ -104,11 +102,7 @@ class NobucoAdapter(ConverterAdapter):
         import torch
         from nobuco import ChannelOrder
 
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
-        if len({s.x.shape for s in case.steps}) > 1:
-            raise UnsupportedFeature("steps of different shapes: the conversion is traced on one")
+        self.check_convertible(case, traced=True)
         module = src.source_module(case)
         before = src.snapshot(module)
         x0 = src.example_input(case, case.steps[0].x)

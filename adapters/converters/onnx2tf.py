@@ -41,7 +41,7 @@ from bnspec.adapters.converters._common import (
     REPO, ConverterAdapter, capabilities, read_batchnorm,
 )
 from bnspec.case import Case, Result, StepResult
-from bnspec.errors import FrameworkError, UnsupportedFeature
+from bnspec.errors import FrameworkError
 
 _OPTIONS: dict[str, Any] = {"tflite_backend": "tf_converter", "disable_model_save": True,
                             "non_verbose": True, "verbosity": "error"}
@@ -83,12 +83,7 @@ class Onnx2TfAdapter(ConverterAdapter):
 
         from bnspec.adapters.converters._export import export_onnx
 
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}: the "
-                                     "exported graph has one element type")
-        if len({s.x.shape for s in case.steps}) > 1:
-            raise UnsupportedFeature("steps of different shapes: the export is traced on one")
+        self.check_convertible(case, traced=True)
         onnx_model, source_meta = export_onnx(torch_python(), "torch", case)
         exported = read_batchnorm(onnx_model)
         model, attempts = _convert(onnx_model)

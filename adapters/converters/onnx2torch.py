@@ -56,13 +56,9 @@ class Onnx2TorchAdapter(ConverterAdapter):
         import onnx2torch
         import torch
 
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
+        self.check_convertible(case, traced=True)
         module = src.source_module(case)
         before = src.snapshot(module)
-        if len({s.x.shape for s in case.steps}) > 1:
-            raise UnsupportedFeature("steps of different shapes: the export is traced on one")
         x0 = src.example_input(case, case.steps[0].x)
         buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():

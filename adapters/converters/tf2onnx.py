@@ -90,9 +90,7 @@ class Tf2OnnxAdapter(ConverterAdapter):
         import tensorflow as tf
         import tf2onnx
 
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}")
+        self.check_convertible(case, traced=False)
         if case.momentum is None:
             raise UnsupportedFeature("momentum=None: Keras has no cumulative average")
         layer = self._layer(case)

@@ -22,7 +22,6 @@ from typing import Any, Literal
 
 from bnspec.adapter import Capabilities
 from bnspec.case import Case, Result
-from bnspec.errors import UnsupportedFeature
 
 from bnspec.adapters.converters import _torch_source as src
 from bnspec.adapters.converters._common import (
@@ -79,10 +78,7 @@ class TorchOnnxAdapter(ConverterAdapter):
 
         import torch
 
-        self.check_supported(case)
-        if case.param_dtype != case.dtype:
-            raise UnsupportedFeature(f"param_dtype {case.param_dtype} != dtype {case.dtype}: the "
-                                     "exported graph has one element type")
+        self.check_convertible(case, traced=False)  # one artifact per shape
         module = src.source_module(case)
         before = src.snapshot(module)
         artifacts: dict[tuple[str, tuple[int, ...]], Any] = {}
