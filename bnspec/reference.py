@@ -207,14 +207,9 @@ def _normalize(
     x: np.ndarray, mean: np.ndarray, var: np.ndarray, case: Case, sem: Semantics, ar: _Arith
 ) -> np.ndarray:
     """y in the dtypes of an emulated profile (the exact path: _exact_affine and _Batch.finish)."""
-    eps = max(case.eps, sem.effective_eps_floor)
     shape = _bshape(x)
     mean = ar.cast(mean.reshape(shape), ar.compute)
-    var = ar.cast(var.reshape(shape), ar.compute)
-    if sem.eps_placement == "inside_sqrt":
-        inv = 1 / np.sqrt(var + np_dtype(ar.compute).type(eps))
-    else:
-        inv = 1 / (np.sqrt(var) + np_dtype(ar.compute).type(eps))
+    inv = _inv_std(ar.cast(var.reshape(shape), ar.compute), case, sem)
     mean, inv = ar.cast(mean, ar.normalize), ar.cast(inv, ar.normalize)
     # In place on the one array allocated here: the same roundings as y = (x - mean) * inv ...
     y = np.subtract(ar.cast(x, ar.normalize), mean)
@@ -245,13 +240,18 @@ class _Linear:
     coef: np.ndarray | None
 
 
+def _inv_std(var: np.ndarray, case: Case, sem: Semantics) -> np.ndarray:
+    """r = 1/sqrt(var + eps), or 1/(sqrt(var) + eps) with eps outside the root; eps floored as
+    the profile floors it and rounded to var's dtype (the dtype the normalisation runs in)."""
+    eps = var.dtype.type(max(case.eps, sem.effective_eps_floor))
+    if sem.eps_placement == "inside_sqrt":
+        return 1 / np.sqrt(var + eps)
+    return 1 / (np.sqrt(var) + eps)
+
+
 def _exact_affine(mean: np.ndarray, var: np.ndarray, case: Case, sem: Semantics) -> _Affine:
     """The float64 normalization as one scale per channel: y = (x - mean) * (gamma r) + beta."""
-    eps = max(case.eps, sem.effective_eps_floor)
-    if sem.eps_placement == "inside_sqrt":
-        inv = 1 / np.sqrt(var + eps)
-    else:
-        inv = 1 / (np.sqrt(var) + eps)
+    inv = _inv_std(var, case, sem)
     scale = inv * case.gamma.reshape(inv.shape) if case.gamma is not None else inv
     return _Affine(mean, scale, None if case.beta is None else case.beta.reshape(inv.shape))
 
@@ -279,12 +279,11 @@ def _gradient_terms(
     shape = mean_s.shape
     eps = max(case.eps, sem.effective_eps_floor)
     g_sum, g_dev = g_sum.reshape(shape), g_dev.reshape(shape)
+    r = _inv_std(var_s, case, sem)
     if sem.eps_placement == "inside_sqrt":
-        r = 1 / np.sqrt(var_s + eps)
         dr = -0.5 * (var_s + eps) ** -1.5
     else:
         root = np.sqrt(var_s)
-        r = 1 / (root + eps)
         with np.errstate(divide="ignore"):
             dr = -1 / ((root + eps) ** 2 * 2 * root)
     gamma = case.gamma.reshape(shape) if case.gamma is not None else 1.0
