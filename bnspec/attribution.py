@@ -20,9 +20,6 @@ from bnspec.reference import reference
 from bnspec.semantics import KNOBS, Semantics
 from bnspec.tolerance import Comparison, compare
 
-# Knobs a Case fixes explicitly (eps, momentum) or that no case observes directly are not flipped.
-_NOT_FLIPPED = {"eps", "momentum"}
-_FLOOR = 1.001e-5
 
 
 @dataclass
@@ -66,18 +63,9 @@ def _judge(case: Case, sem: Semantics, obs: Observation, passed_as: str | None, 
 
 
 def alternatives(sem: Semantics) -> list[dict[str, Any]]:
-    flips: list[dict[str, Any]] = []
-    for name, knob in KNOBS.items():
-        if name in _NOT_FLIPPED:
-            continue
-        current = getattr(sem, name)
-        if knob.values is not None:
-            flips += [{name: v} for v in knob.values if v != current]
-        elif name == "eps_floor":
-            flips.append({name: None if current is not None else _FLOOR})
-        elif name == "initial_running":
-            flips += [{name: v} for v in ((0.0, 1.0), (0.0, 0.0)) if v != current]
-    return flips
+    """Every single knob flip away from ``sem`` (the knobs a Case sets are never flipped)."""
+    return [{name: v} for name, knob in KNOBS.items() if knob.flippable
+            for v in knob.alternatives_of(getattr(sem, name))]
 
 
 def explain(

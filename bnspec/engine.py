@@ -165,7 +165,7 @@ def _profile_difference(case: Case, declared: Semantics, baseline: Semantics, ob
     except BnspecError:
         same_as = None
     for name in KNOBS:
-        if name in ("eps", "momentum") or getattr(declared, name) == getattr(baseline, name):
+        if KNOBS[name].set_by_case or getattr(declared, name) == getattr(baseline, name):
             continue
         try:
             reverted = declared.replace(**{name: getattr(baseline, name)})

@@ -32,19 +32,12 @@ from bnspec.reference import arithmetic_of, reference
 from bnspec.semantics import KNOBS, Semantics
 from bnspec.tolerance import Check, compare
 
-_FLOOR = 1.001e-5  # TF's fused-kernel eps floor, the one eps_floor value worth probing
 # eps 2^-10, 2^-20 and momentum 1/8 are exact in float32, so ONNX's float32 attributes carry
 # them in a float64 graph and 1 - m is exact for the frameworks that weight the running value.
 _EPS = 2.0**-10
 _MOMENTUM = 0.125
 
-NOT_PROBED = {
-    "eps": "every case passes eps explicitly; a default is not observable through an adapter",
-    "momentum": "every case passes momentum explicitly; a default is not observable through an "
-    "adapter",
-    "initial_running": "every case loads the running statistics explicitly; the state before "
-    "loading is not observable through an adapter",
-}
+NOT_PROBED = {k: v.not_probed for k, v in KNOBS.items() if v.not_probed is not None}
 _RUNNING = ("running_mean", "running_var")
 _DTYPE_CHECKS = ("y_dtype", "running_dtype")  # compare's checks of the reported dtypes
 
@@ -240,11 +233,7 @@ DECISIONS: tuple[Decision, ...] = (
 def candidates(knob: str, declared: Semantics) -> list[Any]:
     """The declared value first, then the other values worth telling apart."""
     current = getattr(declared, knob)
-    values = KNOBS[knob].values
-    if knob == "eps_floor":
-        values = (None, _FLOOR)
-    assert values is not None, knob
-    return [current] + [v for v in values if v != current]
+    return [current, *KNOBS[knob].alternatives_of(current)]
 
 
 # -- running the probes --

@@ -14,9 +14,8 @@ from bnspec.case import make_case
 from bnspec.errors import BnspecError
 from bnspec.profiles import get_profile
 from bnspec.reference import reference
-from bnspec.semantics import KNOBS, NUMERICS_KNOBS, Semantics
+from bnspec.semantics import KNOBS, SETTABLE_KNOBS, Semantics
 
-_SETTABLE = {"eps", "momentum", "momentum_weights"}
 _TYPICAL_STEPS = 10
 
 
@@ -71,11 +70,11 @@ def porting_guide(src_name: str, dst_name: str) -> str:
     for key in names:
         lines.append(f"  {key}: {src.state_names.get(key, '-')} -> {dst.state_names.get(key, '-')}")
     lines += ["", "Differences no setting removes (size on a typical case: 8x4 float64, momentum 0.1):"]
-    residual = [k for k in KNOBS if k not in _SETTABLE and getattr(s, k) != getattr(d, k)]
+    residual = [k for k in KNOBS if k not in SETTABLE_KNOBS and getattr(s, k) != getattr(d, k)]
     if not residual:
         lines.append("  none: with the settings above the two agree exactly")
     for k in residual:
-        kind = "numerics" if k in NUMERICS_KNOBS else "semantics"
+        kind = KNOBS[k].kind
         sizes = measure(s, k, getattr(d, k)) if kind == "semantics" else {}
         size = ", ".join(f"{lab} {v:.3g}" for lab, v in sizes.items() if isinstance(v, float) and v == v)
         lines.append(f"  {k}: {getattr(s, k)!r} -> {getattr(d, k)!r}  ({kind}; {KNOBS[k].doc})")

@@ -27,73 +27,128 @@ StateDtype = Literal["input", "float32", "parameters", "promote_float32"]
 SingleValue = Literal["error", "allowed", "nan"]
 
 
+KnobKind = Literal["semantics", "numerics"]
+
+# TF's fused-kernel eps floor: the one eps_floor value worth flipping to or probing.
+EPS_FLOOR_TF = 1.001e-5
+
+
 @dataclass(frozen=True)
 class Knob:
+    """One knob and everything the rest of bnspec needs to know about it (attribution, the
+    fingerprint, ``bnspec diff`` and the reports read it from here, nowhere else)."""
+
     name: str
     doc: str
-    values: tuple[Any, ...] | None  # None: a number (validated by `check`)
+    values: tuple[Any, ...] | None  # None: a number (validated in Semantics.__post_init__)
     numerics: bool = False  # numerics knobs change rounding, not exact float64 semantics
+    # The values worth trying as an alternative (attribution flips, fingerprint candidates) for
+    # a knob that takes a number; an enumerated knob's alternatives are its values.
+    candidates: tuple[Any, ...] | None = None
+    # A Case passes this knob's value explicitly (eps, momentum): never flipped, never probed.
+    set_by_case: bool = False
+    # A port removes a difference in this knob by what it passes (eps, momentum, and the
+    # momentum convention by translating the value): `bnspec diff` lists it as a setting.
+    settable: bool = False
+    # The fingerprint probe that decides it (bnspec.fingerprint.PROBES), or why none can.
+    probe: str | None = None
+    not_probed: str | None = None
 
+    @property
+    def kind(self) -> KnobKind:
+        return "numerics" if self.numerics else "semantics"
+
+    @property
+    def flippable(self) -> bool:
+        """Attribution tries other values of this knob."""
+        return not self.set_by_case and self.alternatives_of(None) != ()
+
+    def alternatives_of(self, current: Any) -> tuple[Any, ...]:
+        """The values worth telling apart from ``current``, ``current`` excluded."""
+        values = self.values if self.values is not None else self.candidates
+        return tuple(v for v in (values or ()) if v != current)
+
+
+_PASSED = ("every case passes {} explicitly; a default is not observable through an adapter")
 
 KNOBS: dict[str, Knob] = {
     k.name: k
     for k in [
-        Knob("eps", "the epsilon added to the variance (a float >= 0)", None),
+        Knob("eps", "the epsilon added to the variance (a float >= 0)", None, set_by_case=True,
+             settable=True, not_probed=_PASSED.format("eps")),
         Knob(
             "eps_placement",
             "(x-mu)/sqrt(var+eps) (inside_sqrt) or (x-mu)/(sqrt(var)+eps) (outside_sqrt)",
             ("inside_sqrt", "outside_sqrt"),
+            probe="eps_placement",
         ),
-        Knob("eps_floor", "eps is raised to at least this value (None: no floor)", None),
+        Knob("eps_floor", "eps is raised to at least this value (None: no floor)", None,
+             candidates=(None, EPS_FLOOR_TF), probe="eps_floor"),
         Knob(
             "momentum",
             "the framework's default momentum, in its own convention (None: cumulative average)",
             None,
+            set_by_case=True,
+            settable=True,
+            not_probed=_PASSED.format("momentum"),
         ),
         Knob(
             "momentum_weights",
             "which statistic the momentum hyperparameter multiplies: batch (PyTorch: "
             "r <- (1-m) r + m b) or running (Keras/Flax/ONNX: r <- m r + (1-m) b)",
             ("batch", "running"),
+            settable=True,
+            probe="ema_trajectory",
         ),
-        Knob("normalize_var", "variance that normalizes a training batch", ("biased", "unbiased")),
+        Knob("normalize_var", "variance that normalizes a training batch", ("biased", "unbiased"),
+             probe="normalize_var"),
         Knob(
             "running_var_update",
             "variance estimator fed into the running variance",
             ("biased", "unbiased"),
+            probe="ema_trajectory",
         ),
         Knob(
             "ema_debias",
             "running statistics are read as hidden / (1 - decay^t) after t updates",
             (False, True),
+            probe="ema_trajectory",
         ),
         Knob(
             "initial_running",
             "(mean, var) of the running statistics (or hidden EMA state) before any update",
             None,
+            candidates=((0.0, 1.0), (0.0, 0.0)),
+            not_probed="every case loads the running statistics explicitly; the state before "
+            "loading is not observable through an adapter",
         ),
         Knob(
             "first_update",
             "the first training step blends (ema) or copies (replace) the batch statistics",
             ("ema", "replace"),
+            probe="ema_trajectory",
         ),
         Knob(
             "running_update",
             "whether a training step updates the running statistics (ema) or leaves them as "
             "they are (none: an inference-only artifact, e.g. a converted graph)",
             ("ema", "none"),
+            probe="ema_trajectory",
         ),
         Knob(
             "train_stats",
             "statistics normalizing a training batch (running: after this step's update)",
             ("batch", "running"),
+            probe="train_stats",
         ),
-        Knob("eval_stats", "statistics normalizing in eval mode", ("running", "batch")),
+        Knob("eval_stats", "statistics normalizing in eval mode", ("running", "batch"),
+             probe="ema_trajectory"),
         Knob(
             "frozen_train_stats",
             "statistics a frozen layer (Keras trainable=False) uses when called in training "
             "mode, without updating; None where there is no such notion",
             ("batch", "running", None),
+            probe="frozen",
         ),
         Knob(
             "variance_algorithm",
@@ -101,6 +156,7 @@ KNOBS: dict[str, Knob] = {
             "E[x^2]-E[x]^2, one_pass_clamped max(0, E[x^2]-E[x]^2)",
             ("two_pass", "one_pass", "one_pass_clamped"),
             numerics=True,
+            probe="large_offset",
         ),
         Knob(
             "compute_dtype",
@@ -108,6 +164,7 @@ KNOBS: dict[str, Knob] = {
             "promote_float32 (at least float32)",
             ("input", "float32", "promote_float32"),
             numerics=True,
+            probe="half_precision",
         ),
         Knob(
             "normalize_dtype",
@@ -115,12 +172,14 @@ KNOBS: dict[str, Knob] = {
             "normalizing (input) or kept in the compute dtype (compute)",
             ("input", "compute"),
             numerics=True,
+            probe="half_precision",
         ),
         Knob(
             "output_dtype",
             "dtype of the output: the input's, the parameters', or the running state's",
             ("input", "parameters", "state"),
             numerics=True,
+            probe="mixed_params",
         ),
         Knob(
             "state_dtype",
@@ -129,17 +188,20 @@ KNOBS: dict[str, Knob] = {
             "(created float32, promoted by a wider batch: flax.linen under x64)",
             ("input", "float32", "parameters", "promote_float32"),
             numerics=True,
+            probe="mixed_params",
         ),
         Knob(
             "single_value",
             "one value per channel in a training step: error; allowed (the unbiased factor "
             "becomes n/max(n-1, 1) = 1); or nan (the factor n/(n-1) divides by zero)",
             ("error", "allowed", "nan"),
+            probe="single_value",
         ),
     ]
 }
 
 NUMERICS_KNOBS = tuple(k for k, v in KNOBS.items() if v.numerics)
+SETTABLE_KNOBS = tuple(k for k, v in KNOBS.items() if v.settable)
 
 
 @dataclass(frozen=True)

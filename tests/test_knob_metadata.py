@@ -1,0 +1,38 @@
+"""Knob metadata lives in one place (bnspec.semantics.KNOBS); everything else reads it."""
+
+from __future__ import annotations
+
+from bnspec import fingerprint as fp
+from bnspec.attribution import alternatives
+from bnspec.profiles import get_semantics
+from bnspec.semantics import KNOBS, SETTABLE_KNOBS, Semantics
+
+
+def test_every_knob_names_its_deciding_probe_or_why_none_can():
+    for name, knob in KNOBS.items():
+        assert (knob.probe is None) != (knob.not_probed is None), name
+        if knob.probe is not None:
+            assert knob.probe in fp.PROBES, (name, knob.probe)
+
+
+def test_the_fingerprint_decides_each_knob_with_the_probe_its_metadata_names():
+    for decision in fp.DECISIONS:
+        probes = {p for p, _quantities, _steps in decision.uses}
+        for name in decision.knobs:
+            assert KNOBS[name].probe in probes, (name, KNOBS[name].probe, probes)
+
+
+def test_knobs_a_case_sets_are_never_flipped_and_are_settings_in_the_porting_guide():
+    flipped = {k for flip in alternatives(Semantics()) for k in flip}
+    assert not flipped & {k for k, v in KNOBS.items() if v.set_by_case}
+    assert {"eps", "momentum", "momentum_weights"} == set(SETTABLE_KNOBS)
+
+
+def test_alternatives_are_every_other_value_of_an_enumerated_knob():
+    sem = get_semantics("pytorch")
+    flips = alternatives(sem)
+    assert {"variance_algorithm": "one_pass"} in flips
+    assert {"variance_algorithm": "two_pass"} not in flips  # the current value is no flip
+    assert {"eps_floor": 1.001e-5} in flips
+    assert sum("initial_running" in f for f in flips) == 1  # (0, 1) is pytorch's own
+    assert KNOBS["compute_dtype"].kind == "numerics" and KNOBS["train_stats"].kind == "semantics"
