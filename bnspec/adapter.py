@@ -150,3 +150,15 @@ def channels_first(a, rank: int):  # type: ignore[no-untyped-def]
     import numpy as np
 
     return np.moveaxis(a, -1, 1) if rank > 2 else a
+
+
+# What a conversion path reports beside its outputs, one verdict per case (the Converters columns
+# of the reports). Filled by the conversion adapters; read here, and only here, by the engine.
+CONVERSION_CHECKS = ("hyperparameters_preserved", "state_preserved", "source_untouched", "trainable_match")
+
+
+def conversion_verdicts(result: Result) -> dict[str, bool]:
+    """The conversion checks a Result carries, as ``{check: verdict}`` (empty for a plain
+    adapter)."""
+    return {k: bool(result.meta[k]) for k in CONVERSION_CHECKS
+            if isinstance(result.meta.get(k), bool) or type(result.meta.get(k)).__name__ == "bool_"}

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bnspec.adapter import Adapter
+from bnspec.adapter import CONVERSION_CHECKS, Adapter, conversion_verdicts
 from bnspec.attribution import Observation, explain, format_explanation, judge
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import AdapterFailure, BnspecError, FrameworkError, SingleValueError, UnsupportedFeature
@@ -31,8 +31,6 @@ from bnspec.semantics import KNOBS, Semantics
 from bnspec.worker import Worker
 
 SCHEMA_VERSION = 1
-# What a conversion path reports beside its outputs (Result.meta), one verdict per case.
-CONVERSION_CHECKS = ("hyperparameters_preserved", "state_preserved", "source_untouched", "trainable_match")
 
 
 @dataclass
@@ -132,8 +130,7 @@ def check_case(
         return rec, None
     rec.seconds = time.perf_counter() - t0
     if obs.result is not None:
-        rec.conversion = {k: bool(obs.result.meta[k]) for k in CONVERSION_CHECKS
-                          if isinstance(obs.result.meta.get(k), (bool, np.bool_))}
+        rec.conversion = conversion_verdicts(obs.result)
     declared = get_semantics(adapter.profile)
     verdict = judge(case, declared, obs)
     if verdict.comparison is not None:
