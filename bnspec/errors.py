@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+# What went wrong when an adapter gave nothing to judge (AdapterFailure.kind).
+FailureKind = Literal["crash", "timeout", "memory", "import", "bad_output"]
+
 
 class BnspecError(Exception):
     """Base of every error bnspec raises on purpose."""
@@ -37,8 +42,8 @@ class UnknownName(BnspecError, LookupError):
 class AdapterFailure(BnspecError):
     """A worker crashed, timed out, or could not import its framework."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind  # "crash" | "timeout" | "memory" | "import" | "bad_output" | "error"
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        self.kind, self.message = kind, message
         super().__init__(f"{kind}: {message}")
 
 
@@ -48,3 +53,10 @@ class FrameworkError(BnspecError):
     def __init__(self, type_name: str, message: str) -> None:
         self.type_name, self.message = type_name, message
         super().__init__(f"{type_name}: {message}")
+
+    @classmethod
+    def of(cls, exc: BaseException) -> FrameworkError:
+        """What a framework raised, as data: its type's name and the first line of its message
+        (the worker process and an in-process run report it alike)."""
+        lines = str(exc).strip().splitlines()
+        return cls(type(exc).__name__, lines[0][:500] if lines else "")

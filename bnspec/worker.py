@@ -261,9 +261,8 @@ def _serve(ref: str) -> None:
             except SingleValueError as exc:
                 _send(proto_out, ("single_value", str(exc)))
             except Exception as exc:  # noqa: BLE001 - the framework's own error is data
-                msg = str(exc).strip().splitlines()
-                text = msg[0][:500] if msg else ""
-                _send(proto_out, ("raised", type(exc).__name__, text))
+                raised = FrameworkError.of(exc)
+                _send(proto_out, ("raised", raised.type_name, raised.message))
                 traceback.print_exc()
 
 
