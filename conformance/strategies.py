@@ -134,7 +134,7 @@ def _sampled(options: tuple[Any, ...]) -> st.SearchStrategy[Any]:
     return st.sampled_from(options)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _standardized(shape: tuple[int, ...]) -> st.SearchStrategy[np.ndarray]:
     """Values in [-4, 4]: either a few chosen elements over a fill value (each a choice of its
     own, so shrinking zeroes them one by one: a constant channel with outliers), or Gaussian

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bnspec.case import make_case
 from bnspec.discovery import load_adapter_ref
 from bnspec.errors import AdapterFailure
 from bnspec.worker import Worker
-import numpy as np
 
 FIX = "tests.fixtures.bad_adapters"
 

@@ -17,7 +17,11 @@ import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
 from bnspec.adapters.converters._common import (
-    ConverterAdapter, capabilities, env_python, hyperparameters_preserved, read_batchnorm,
+    ConverterAdapter,
+    capabilities,
+    env_python,
+    hyperparameters_preserved,
+    read_batchnorm,
 )
 from bnspec.adapters.converters._export import export_onnx
 from bnspec.adapters.converters.onnx2torch import _batchnorm, _numpy, _running

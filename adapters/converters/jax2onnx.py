@@ -23,8 +23,14 @@ import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
 from bnspec.adapters.converters._common import (
-    ConverterAdapter, canonical_momentum, capabilities, hyperparameters_preserved, ort_session,
-    read_batchnorm, run_onnx_plan, trainable_initializers,
+    ConverterAdapter,
+    canonical_momentum,
+    capabilities,
+    hyperparameters_preserved,
+    ort_session,
+    read_batchnorm,
+    run_onnx_plan,
+    trainable_initializers,
 )
 from bnspec.case import Case, Result, StepResult
 
@@ -124,9 +130,9 @@ class Jax2OnnxAdapter(ConverterAdapter):
         return Result(steps, meta)
 
     def _run_linen(self, case: Case) -> Result:
+        import flax.linen as nn
         import jax
         import jax.numpy as jnp
-        import flax.linen as nn
         from jax2onnx import to_onnx
 
         assert case.momentum is not None

@@ -23,9 +23,7 @@ import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
 from bnspec.adapters.converters import _torch_source as src
-from bnspec.adapters.converters._common import (
-    ConverterAdapter, capabilities, env_python, hyperparameters_preserved,
-)
+from bnspec.adapters.converters._common import ConverterAdapter, capabilities, env_python, hyperparameters_preserved
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import FrameworkError, UnsupportedFeature
 from bnspec.worker import DEFAULT_ENV

@@ -29,17 +29,16 @@ fetch something shows up instead of hanging.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
-from bnspec.adapters.converters._common import (
-    REPO, ConverterAdapter, capabilities, read_batchnorm,
-)
+from bnspec.adapters.converters._common import REPO, ConverterAdapter, capabilities, read_batchnorm
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import FrameworkError
 

@@ -19,9 +19,7 @@ import numpy as np
 
 from bnspec.adapter import Capabilities
 from bnspec.adapters.converters import _torch_source as src
-from bnspec.adapters.converters._common import (
-    ConverterAdapter, capabilities, hyperparameters_preserved, read_batchnorm,
-)
+from bnspec.adapters.converters._common import ConverterAdapter, capabilities, hyperparameters_preserved, read_batchnorm
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import UnsupportedFeature
 

@@ -28,7 +28,11 @@ import numpy as np
 
 from bnspec.adapter import Capabilities, channels_last
 from bnspec.adapters.converters._common import (
-    ConverterAdapter, capabilities, hyperparameters_preserved, read_batchnorm, run_onnx_plan,
+    ConverterAdapter,
+    capabilities,
+    hyperparameters_preserved,
+    read_batchnorm,
+    run_onnx_plan,
     trainable_initializers,
 )
 from bnspec.case import Case, Result

@@ -21,13 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bnspec.adapter import Capabilities
-from bnspec.case import Case, Result
-
 from bnspec.adapters.converters import _torch_source as src
 from bnspec.adapters.converters._common import (
-    ConverterAdapter, capabilities, hyperparameters_preserved, read_batchnorm, run_onnx_plan,
+    ConverterAdapter,
+    capabilities,
+    hyperparameters_preserved,
+    read_batchnorm,
+    run_onnx_plan,
     trainable_initializers,
 )
+from bnspec.case import Case, Result
 
 _NOTES = (
     "source: torch.nn.BatchNorm1d/2d/3d (parameters in the input dtype); converted with "
