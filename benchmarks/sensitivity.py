@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from bnspec.attribution import Observation, explain, judge  # noqa: E402
-from bnspec.conformance.cases import PROPERTIES, generate  # noqa: E402
+from bnspec.properties import PROPERTIES, generate  # noqa: E402
 from bnspec.errors import SingleValueError, UnsupportedFeature  # noqa: E402
 from bnspec.profiles import get_semantics  # noqa: E402
 from tests.fixtures import bad_adapters as bad  # noqa: E402

@@ -83,7 +83,7 @@ def run(ctx: click.Context, adapters: str | None, adapter_paths: tuple[str, ...]
         properties: str | None, examples: int, seed: int, jobs: int, timeout: float, memory_limit: int,
         known_path: Path | None, shrink: bool, out: Path, resume_dir: Path | None) -> None:
     """Run the conformance properties; write results.jsonl, summary.json, report.md, report.html, junit.xml."""
-    from bnspec.conformance.cases import PROPERTIES
+    from bnspec.properties import PROPERTIES
     from bnspec.engine import RunOptions
     from bnspec.engine import run as engine_run
     from bnspec.known import load as load_known

@@ -93,7 +93,7 @@ class Record:
 
 
 def _case(prop: str, seed: int, index: int) -> Case:
-    from bnspec.conformance.cases import generate
+    from bnspec.properties import generate
 
     return generate(prop, seed, index)
 
@@ -216,7 +216,7 @@ def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, ori
     """Hypothesis's smallest reduction of a case that fails conformance, failing the same way:
     still a mismatch with the declared profile, still explained by the same knob flip (or still
     explained by none). Crashes and timeouts are not shrunk: each try would cost a worker."""
-    from bnspec.conformance.shrink import shrink
+    from bnspec.shrink import shrink
 
     declared = get_semantics(adapter.profile)
     flips = explain(case, declared, original)

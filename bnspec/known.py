@@ -79,7 +79,7 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
     entries = data.get("divergence", [])
     if not isinstance(entries, list):
         raise InvalidRegistry(f"{path}: write each entry as a [[divergence]] table")
-    from bnspec.conformance.cases import PROPERTIES
+    from bnspec.properties import PROPERTIES
 
     out: list[KnownDivergence] = []
     for i, e in enumerate(entries):
@@ -132,7 +132,7 @@ def vanished(registry: list[KnownDivergence], ran: dict[str, set[str]], seen: se
     """Entries whose adapter ran every property they name (with a case it could express) and
     that matched nothing: the divergence is gone, or the entry no longer describes it. An entry
     naming no property vanishes only from a run of every property."""
-    from bnspec.conformance.cases import PROPERTIES as every_property
+    from bnspec.properties import PROPERTIES as every_property
 
     out = []
     for k in registry:

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -
     refs = config.getoption("bnspec_adapter")
     if not refs:
         return
-    from bnspec.conformance.cases import PROPERTIES
+    from bnspec.properties import PROPERTIES
 
     examples = config.getoption("bnspec_examples")
     for ref in refs:
@@ -51,7 +51,7 @@ def _item_class() -> Any:
             self.ref, self.prop, self.index = ref, prop, index
 
         def runtest(self) -> None:
-            from bnspec.conformance.cases import generate
+            from bnspec.properties import generate
             from bnspec.discovery import load_adapter_ref
             from bnspec.errors import UnsupportedFeature
 

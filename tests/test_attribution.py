@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bnspec.attribution import Observation, explain, judge
-from bnspec.conformance.cases import PROPERTIES, generate
+from bnspec.properties import PROPERTIES, generate
 from bnspec.errors import SingleValueError, UnsupportedFeature
 from bnspec.profiles import get_semantics
 from tests.fixtures import bad_adapters as bad
