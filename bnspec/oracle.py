@@ -14,19 +14,22 @@ It validates the float64 reference on small inputs; it is slow by design.
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
-from typing import Union
 
 import numpy as np
 
-from bnspec.case import Case, Result, Step, StepResult
-from bnspec.dtypes import more_precise
-from bnspec.errors import SingleValueError, UnsupportedFeature
+from bnspec.case import Case, Result, StepResult
+from bnspec.exact import SQRT_BITS, Num, sqrt_fraction
+from bnspec.exact import add as _add
+from bnspec.exact import div as _div
+from bnspec.exact import mul as _mul
+from bnspec.exact import sqrt as _sqrt
+from bnspec.exact import to_float as _float
+from bnspec.exact import total as _sum
+from bnspec.plan import make_plan
 from bnspec.semantics import MomentumWeights, Semantics
 
-SQRT_BITS = 256
-Num = Union[Fraction, float]  # a float only where IEEE semantics produced a NaN or an infinity
+__all__ = ["SQRT_BITS", "exact_steps", "oracle", "sqrt_fraction"]
 Channels = list[list[Num]]  # per channel, the channel's values in (N, *spatial) order
 
 
@@ -55,72 +58,44 @@ def exact_steps(
 ) -> list[dict]:
     """Per step, every quantity as exact numbers (lists per channel); ``x_override`` replaces a
     step's batch (finite differences in exact arithmetic use it)."""
-    declared = passed_as or sem.momentum_weights
+    plan = make_plan(case, sem, passed_as=passed_as)
     hidden_mean: list[Num] = [Fraction(v) for v in case.running_mean.tolist()]
     hidden_var: list[Num] = [Fraction(v) for v in case.running_var.tolist()]
     gamma = None if case.gamma is None else [Fraction(v) for v in case.gamma.tolist()]
     beta = None if case.beta is None else [Fraction(v) for v in case.beta.tolist()]
-    eps = max(Fraction(case.eps), Fraction(sem.effective_eps_floor))
-    y_dtype, state_dtype = _dtypes(sem, case)
-    w_steady = _batch_weight(case.momentum, sem, declared, 2)
-    track = case.track_running_stats
-    updates = 0
     out: list[dict] = []
-    for i, step in enumerate(case.steps):
+    for i, (step, sp) in enumerate(zip(case.steps, plan.steps, strict=True)):
         x = x_override[i] if x_override and i in x_override else _channels(step.x)
         g = None if step.grad_output is None else _channels(step.grad_output)
-        n = len(x[0])
-        source = _stats_source(step, sem, track)
-        updating = step.updates_running and track and sem.running_update == "ema"
-        needs_batch = source != "running" or updating
-        q: dict = {"y_dtype": y_dtype, "running_dtype": state_dtype}
+        n = sp.n
+        q: dict = {"y_dtype": plan.dtypes.output, "running_dtype": plan.dtypes.state}
         mean_b: list[Num] = []
         var_b: list[Num] = []
-        factor: Num = Fraction(1)
-        if needs_batch:
-            if n == 1 and sem.single_value == "error":
-                raise SingleValueError(
-                    f"one value per channel in a batch of shape {step.x.shape} (single_value=error)"
-                )
+        if sp.needs_batch:
             mean_b = [sum(xc, Fraction(0)) / n for xc in x]
             var_b = [sum(((v - m) ** 2 for v in xc), Fraction(0)) / n for xc, m in zip(x, mean_b)]
-            if n > 1:
-                factor = Fraction(n, n - 1)
-            else:
-                factor = Fraction(1) if sem.single_value == "allowed" else math.inf
             q["batch_mean"], q["batch_var"] = mean_b, var_b
-        w_stats: Num = Fraction(0)  # d(statistic that normalizes) / d(batch statistic)
-        var_factor_running: Num = Fraction(1)
-        if updating:
-            updates += 1
-            w = _batch_weight(case.momentum, sem, declared, updates)
-            debias = 1 - (1 - w_steady) ** updates if sem.ema_debias else Fraction(1)
-            unbiased = sem.running_var_update == "unbiased"
-            var_in = [_mul(v, factor) if unbiased else v for v in var_b]
-            hidden_mean = [h * (1 - w) + b * w for h, b in zip(hidden_mean, mean_b)]
-            hidden_var = [_add(h * (1 - w), _mul(b, w)) for h, b in zip(hidden_var, var_in)]
-            w_stats = _div(w, debias)  # decay 1 (momentum 0) never debiases: 0/0, as in NumPy
-            var_factor_running = factor if unbiased else Fraction(1)
-        scale = 1 - (1 - w_steady) ** updates if sem.ema_debias and updates > 0 else Fraction(1)
-        read_mean = [_div(h, scale) for h in hidden_mean]
-        read_var = [_div(h, scale) for h in hidden_var]
-        if track:
+        if sp.updating:
+            w = sp.weight
+            var_in = [_mul(v, sp.running_var_factor) for v in var_b]
+            hidden_mean = [_add(_mul(h, 1 - w), _mul(b, w)) for h, b in zip(hidden_mean, mean_b)]
+            hidden_var = [_add(_mul(h, 1 - w), _mul(b, w)) for h, b in zip(hidden_var, var_in)]
+        read_mean = [_div(h, sp.debias) for h in hidden_mean]
+        read_var = [_div(h, sp.debias) for h in hidden_var]
+        if plan.track:
             q["running_mean"], q["running_var"] = read_mean, read_var
-        if source == "running":
+        if sp.source == "running":
             mean_s, var_s = read_mean, read_var
-            w_mean, w_var = w_stats, _mul(w_stats, var_factor_running)
         else:
-            c = factor if sem.normalize_var == "unbiased" else Fraction(1)
-            mean_s, var_s = mean_b, [_mul(v, c) for v in var_b]
-            w_mean, w_var = Fraction(1), c
-        r, dr = zip(*(_inv_std(v, eps, sem.eps_placement) for v in var_s))
+            mean_s, var_s = mean_b, [_mul(v, sp.normalize_var_factor) for v in var_b]
+        r, dr = zip(*(_inv_std(v, plan.eps, plan.eps_placement) for v in var_s))
         xhat = [[_mul(v - m, rc) for v in xc] for xc, m, rc in zip(x, mean_s, r)]
         q["y"] = [
             [_add(_mul(h, gamma[c]), beta[c]) for h in xh] if gamma and beta else xh
             for c, xh in enumerate(xhat)
         ]
         if g is not None:
-            q.update(_gradients(x, g, mean_s, r, dr, w_mean, w_var, mean_b or mean_s, xhat, gamma))
+            q.update(_gradients(x, g, mean_s, r, dr, sp.w_mean, sp.w_var, mean_b or mean_s, xhat, gamma))
         out.append(q)
     return out
 
@@ -160,91 +135,6 @@ def _inv_std(var: Num, eps: Fraction, placement: str) -> tuple[Num, Num]:
     den = _add(root, eps)
     r = _div(Fraction(1), den)
     return r, _div(Fraction(-1), _mul(_mul(den, den), _mul(root, Fraction(2))))
-
-
-def sqrt_fraction(v: Fraction, bits: int = SQRT_BITS) -> Fraction:
-    """sqrt(v) to within a relative 2^-bits, from an integer square root."""
-    if v < 0:
-        raise ValueError("square root of a negative number")
-    if v == 0:
-        return Fraction(0)
-    p, q = v.numerator, v.denominator
-    return Fraction(math.isqrt(p * q << (2 * bits)), q << bits)
-
-
-def _sqrt(v: Num) -> Num:
-    if isinstance(v, float):
-        return math.sqrt(v) if v >= 0 else math.nan
-    return sqrt_fraction(v)
-
-
-# IEEE semantics for the few places a NaN or an infinity can appear (NumPy's, in the reference).
-def _finite(v: Num) -> bool:
-    return isinstance(v, Fraction) or math.isfinite(v)
-
-
-def _mul(a: Num, b: Num) -> Num:
-    if _finite(a) and _finite(b):
-        return a * b
-    return float(a) * float(b)
-
-
-def _add(a: Num, b: Num) -> Num:
-    if _finite(a) and _finite(b):
-        return a + b
-    return float(a) + float(b)
-
-
-def _div(a: Num, b: Num) -> Num:
-    if _finite(a) and _finite(b) and b != 0:
-        return a / b
-    if b == 0:
-        a = float(a)
-        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
-    return float(a) / float(b)
-
-
-def _sum(values) -> Num:  # type: ignore[no-untyped-def]
-    total: Num = Fraction(0)
-    for v in values:
-        total = _add(total, v)
-    return total
-
-
-def _float(v: Num) -> float:
-    return float(v)  # Fraction.__float__ rounds correctly (integer true division)
-
-
-def _stats_source(step: Step, sem: Semantics, track: bool) -> str:
-    if step.mode == "train" and step.frozen:
-        if sem.frozen_train_stats is None:
-            raise UnsupportedFeature("these semantics have no notion of a frozen layer")
-        source = sem.frozen_train_stats
-    elif step.mode == "train":
-        source = sem.train_stats
-    else:
-        source = sem.eval_stats
-    return source if track else "batch"
-
-
-def _batch_weight(momentum: float | None, sem: Semantics, declared: str, updates: int) -> Fraction:
-    """The exact weight of the batch statistic in the update number ``updates``."""
-    if sem.first_update == "replace" and updates == 1:
-        return Fraction(1)
-    if momentum is None:
-        return Fraction(1, updates)
-    m = Fraction(momentum)
-    passed = m if declared == "batch" else 1 - m
-    return passed if sem.momentum_weights == "batch" else 1 - passed
-
-
-def _dtypes(sem: Semantics, case: Case) -> tuple[str, str]:
-    state = {"input": case.dtype, "float32": "float32", "parameters": case.param_dtype,
-             "promote_float32": more_precise(case.dtype, "float32")}[sem.state_dtype]
-    output = {"input": case.dtype, "parameters": case.param_dtype, "state": state}[
-        sem.output_dtype
-    ]
-    return output, state
 
 
 def _channels(a: np.ndarray) -> Channels:

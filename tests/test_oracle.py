@@ -11,7 +11,6 @@ K = 16 such units: the reductions here have at most 12 values per channel.
 
 from __future__ import annotations
 
-import importlib
 from fractions import Fraction
 
 import numpy as np
@@ -19,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bnspec.case import Case, Step, make_case
+from bnspec import kernel
+from bnspec.case import Case, make_case
 from bnspec.errors import SingleValueError, UnsupportedFeature
 from bnspec.oracle import exact_steps, oracle, sqrt_fraction
+from bnspec.plan import make_plan
 from bnspec.profiles import PROFILES
 from bnspec.reference import reference
-
-reference_module = importlib.import_module("bnspec.reference")  # the package re-exports the function
 from bnspec.semantics import Semantics
 
 U = 2.0**-53
@@ -81,16 +80,17 @@ def _chan(a: np.ndarray) -> np.ndarray:
 def _scales(case: Case, sem: Semantics) -> list[dict[str, np.ndarray]]:
     """Per step, per quantity, per channel: the magnitude float64 rounding errors scale with.
 
-    Mirrors the reference's data flow in absolute values; 'S_' names an error magnitude in u."""
+    Follows the plan's data flow in absolute values; 'S_' names an error magnitude in u."""
     ref = reference(case, sem)
-    eps = max(case.eps, sem.effective_eps_floor)
+    plan = make_plan(case, sem)
+    eps = plan.eps_float
     c = case.num_features
     gamma = np.abs(case.gamma) if case.gamma is not None else np.ones(c)
     beta = np.abs(case.beta) if case.beta is not None else np.zeros(c)
     s_hidden_m, s_hidden_v = np.abs(case.running_mean), np.abs(case.running_var)
     hidden_m, hidden_v = np.abs(case.running_mean), np.abs(case.running_var)
     out = []
-    for step, res in zip(case.steps, ref.steps):
+    for step, sp, res in zip(case.steps, plan.steps, ref.steps):
         x = _chan(step.x)
         n = x.shape[1]
         a = np.abs(x).mean(axis=1)
@@ -102,7 +102,7 @@ def _scales(case: Case, sem: Semantics) -> list[dict[str, np.ndarray]]:
             s_vb = n * vb + U * (n * a) ** 2
             sc["batch_mean"], sc["batch_var"] = s_mb, s_vb
         if res.running_mean is not None:
-            if step.updates_running:
+            if sp.updating:
                 b_m, b_v = np.abs(res.batch_mean), np.abs(res.batch_var) * 2  # with n/(n-1)
                 s_hidden_m = s_hidden_m + s_mb + hidden_m + 2 * b_m
                 s_hidden_v = s_hidden_v + 2 * s_vb + hidden_v + 2 * b_v
@@ -114,8 +114,7 @@ def _scales(case: Case, sem: Semantics) -> list[dict[str, np.ndarray]]:
             sc["running_var"] = (s_hidden_v + hidden_v) * np.maximum(ratio_v, 1) + np.abs(res.running_var)
         # statistics that normalized: recover them from y is fragile; rebuild from the reference
         yc = _chan(res.y)
-        uses_running = res.running_mean is not None and _source(step, sem) == "running"
-        if uses_running:
+        if sp.source == "running":
             m_s, v_s = res.running_mean, res.running_var
             s_ms, s_vs = sc["running_mean"], sc["running_var"]
         else:
@@ -140,12 +139,6 @@ def _scales(case: Case, sem: Semantics) -> list[dict[str, np.ndarray]]:
             sc["dbeta"] = n * g.sum(axis=1)
         out.append(sc)
     return out
-
-
-def _source(step: Step, sem: Semantics) -> str:
-    if step.mode == "train":
-        return sem.frozen_train_stats if step.frozen else sem.train_stats  # type: ignore[return-value]
-    return sem.eval_stats
 
 
 def _assert_reference_matches_oracle(case: Case, sem: Semantics) -> None:
@@ -200,9 +193,9 @@ def test_blocked_float64_paths_are_within_a_few_ulps_of_the_exact_oracle(
     """The oracle's cases are a block each; with blocks of 4 elements, BLAS row dots from 2
     elements per row and pairwise sums from 2 samples, the same cases go through every path a
     large batch takes: runs of samples, channels of one sample split, (1, C, S) rows."""
-    monkeypatch.setattr(reference_module, "_BLOCK", 4)
-    monkeypatch.setattr(reference_module, "_BLAS_ROW", 2)
-    monkeypatch.setattr(reference_module, "_PAIRWISE", 1)
+    monkeypatch.setattr(kernel, "_BLOCK", 4)
+    monkeypatch.setattr(kernel, "_BLAS_ROW", 2)
+    monkeypatch.setattr(kernel, "_PAIRWISE", 1)
     _check_drawn_cases(PROFILES[profile].semantics)
 
 
@@ -211,9 +204,9 @@ def test_blocked_float64_paths_are_within_a_few_ulps_of_the_exact_oracle(
 def test_blocks_cover_every_element_once(
     shape: tuple[int, int, int], block: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reference_module, "_BLOCK", block)
+    monkeypatch.setattr(kernel, "_BLOCK", block)
     seen = np.zeros(shape, dtype=int)
-    for bn, bc in reference_module._blocks(np.empty(shape)):
+    for bn, bc in kernel._blocks(np.empty(shape)):
         seen[bn, bc] += 1
     assert np.all(seen == 1)
 
