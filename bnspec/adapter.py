@@ -17,6 +17,7 @@ from importlib import metadata
 
 from bnspec.case import Case, Result
 from bnspec.errors import UnsupportedFeature
+from bnspec.profiles import Profile, resolve
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,9 @@ class Adapter:
 
     name: str
     framework: str
-    profile: str
+    # The profile it claims: a registered profile's name, or a Profile object of its own (a
+    # framework outside bnspec); read it through declared_profile().
+    profile: str | Profile
     description: str = ""
     capabilities: Capabilities = field(default_factory=Capabilities)
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -63,6 +66,10 @@ class Adapter:
 
     def run(self, case: Case) -> Result:
         raise NotImplementedError
+
+    def declared_profile(self) -> Profile:
+        """The Profile this adapter claims (its own object, or the registered one it names)."""
+        return resolve(self.profile)
 
     def snippet(self, case: Case) -> str:
         """A copy-pasteable program in the framework's own API that replays ``case``."""
