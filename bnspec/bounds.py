@@ -94,8 +94,8 @@ class Bounds:
                 w = float(sp.weight)
                 # one value per channel: the factor's inf (or 1) is the expected value's business
                 factor = float(sp.running_var_factor) if n > 1 else 1.0
-                hid_mean = res.running_mean
-                hid_var = res.running_var
+                hid_mean, hid_var = res.running_mean, res.running_var
+                assert hid_mean is not None and hid_var is not None  # updating: the layer tracks
                 # A weight derived in the state dtype (w = 1 - m) is off by at most u_s absolutely;
                 # 0 and 1 are exact.
                 exact_w = w in (0.0, 1.0)

@@ -14,12 +14,15 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from bnspec.dtypes import check_dtype, round_to
 from bnspec.errors import InvalidCase
+
+if TYPE_CHECKING:  # bnspec.adapter imports this module
+    from bnspec.adapter import ConversionChecks
 
 Mode = Literal["train", "eval"]
 Layout = Literal["channels_first", "channels_last"]
@@ -128,7 +131,7 @@ class Case:
         steps = tuple(
             Step(
                 mode=s["mode"],
-                x=decode_array(s["x"]),
+                x=np.asarray(decode_array(s["x"])),
                 frozen=bool(s.get("frozen", False)),
                 grad_output=decode_array(s.get("grad_output")),
             )
@@ -182,7 +185,7 @@ def make_case(
 
     steps = tuple(
         Step(
-            mode=m,
+            mode=m,  # type: ignore[arg-type]  # checked in Case.__post_init__
             x=round_to(x, dtype),
             frozen=bool(f),
             grad_output=None if g is None else round_to(g, dtype),
@@ -241,15 +244,27 @@ class StepResult:
 
 @dataclass(eq=False)
 class Result:
+    """What an adapter observed: one StepResult per step; for a conversion path, what it checked
+    about the conversion (``conversion``); anything else worth keeping in ``meta``."""
+
     steps: list[StepResult] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"jax_enable_x64": True}
+    conversion: ConversionChecks | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": [s.to_dict() for s in self.steps], "meta": self.meta}
+        d = {"steps": [s.to_dict() for s in self.steps], "meta": self.meta}
+        if self.conversion is not None:
+            d["conversion"] = self.conversion.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
-        return cls([StepResult.from_dict(s) for s in d["steps"]], dict(d.get("meta", {})))
+        conversion = None
+        if d.get("conversion") is not None:
+            from bnspec.adapter import ConversionChecks  # bnspec.adapter imports this module
+
+            conversion = ConversionChecks.from_dict(d["conversion"])
+        return cls([StepResult.from_dict(s) for s in d["steps"]], dict(d.get("meta", {})), conversion)
 
 
 def _encode_float(v: float) -> float | str:

@@ -45,7 +45,7 @@ def round_to(x: np.ndarray | float, name: str) -> np.ndarray:
 
 def name_of(dtype: object) -> str:
     """The bnspec name of a NumPy (or ml_dtypes) dtype."""
-    s = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    s = dtype if isinstance(dtype, str) else str(np.dtype(dtype))  # type: ignore[call-overload]
     check_dtype(s)
     return s
 

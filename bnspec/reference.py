@@ -88,8 +88,9 @@ def _run(case: Case, plan: Plan, ar: _Arith) -> Result:
         mean_b = var_b = np.empty(0)
         if sp.needs_batch:
             if exact and batch is not None:  # two-pass float64
-                mean_b = (channel_sum(batch.x3) / n).reshape(_bshape(x))
+                mean_b = np.divide(channel_sum(batch.x3), n).reshape(_bshape(x))
                 sq, g_sums_b = batch.sums(mean_b, squares=True)
+                assert sq is not None
                 var_b = (sq / n).reshape(_bshape(x))
             else:
                 mean_b, var_b = _batch_stats(ar.cast(x, ar.compute), n, ar)
