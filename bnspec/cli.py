@@ -45,20 +45,66 @@ def cli() -> None:
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(as_json: bool) -> None:
-    """Adapters found, whether their framework is installed, and its version (no framework is imported)."""
-    from bnspec.discovery import discover
+    """Adapters found, whether their framework is installed, and its version; then every profile and
+    where it is registered (no framework is imported)."""
+    import warnings
 
-    rows = []
-    for name, a in discover().items():
-        rows.append({"name": name, "framework": a.framework, "version": a.framework_version(),
-                     "installed": a.installed(), "declared_profile": a.profile, "description": a.description})
+    from bnspec.discovery import discover
+    from bnspec.profiles import ProfileWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProfileWarning)
+        adapters = discover()
+        rows: list[dict[str, Any]] = [{"kind": "adapter", "name": name, "framework": a.framework, "version": a.framework_version(),
+                 "installed": a.installed(), "declared_profile": _declared_name(a),
+                 "description": a.description} for name, a in adapters.items()]
+        profiles = _profile_rows(adapters)
+    for w in caught:  # one line each, not Python's two-line warning format
+        if issubclass(w.category, ProfileWarning):
+            click.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows + profiles, indent=2))
         return
     width = max((len(r["name"]) for r in rows), default=4)
     for r in rows:
         version = r["version"] or "not installed"
         click.echo(f"{r['name']:<{width}}  {r['framework']:<12} {version:<14} {r['declared_profile']}")
+    click.echo("\nprofiles:")
+    width = max((len(r["name"]) for r in profiles), default=4)
+    for r in profiles:
+        click.echo(f"  {r['name']:<{width}}  {r['framework']:<12} {r['source']}")
+
+
+def _declared_name(adapter: Any) -> str:
+    """The name of the profile an adapter declares, without loading it."""
+    return adapter.profile if isinstance(adapter.profile, str) else adapter.profile.name
+
+
+def _profile_rows(adapters: dict[str, Any]) -> list[dict[str, Any]]:
+    """``bnspec list``'s profile rows: registered ones (built-ins first), then the ones adapters
+    carry themselves."""
+    from importlib import metadata
+
+    from bnspec.profiles import all_profiles, profile_source
+
+    rows = []
+    for name, p in all_profiles().items():
+        src = profile_source(name)
+        version = src.version if not src.builtin else metadata.version("bnspec")
+        rows.append({"kind": "profile", "name": name, "framework": p.framework, "title": p.title,
+                     "distribution": src.distribution, "version": version, "installed": True,
+                     "builtin": src.builtin, "entry_point": src.entry_point, "source": str(src)})
+    known = {r["name"] for r in rows}
+    for a in adapters.values():
+        p = a.profile
+        if not isinstance(p, str) and p.name not in known:
+            known.add(p.name)
+            rows.append({"kind": "profile", "name": p.name, "framework": p.framework, "title": p.title,
+                         "distribution": a.framework, "version": a.framework_version(), "installed": True,
+                         "builtin": False, "entry_point": None, "source": f"carried by adapter {a.name!r}"})
+    return rows
 
 
 @cli.command()
@@ -236,13 +282,15 @@ def diff(from_: str, to: str) -> None:
     """The porting guide from profile FROM_ to profile TO (adapter names resolve to their profile)."""
     from bnspec.porting import porting_guide
 
-    click.echo(porting_guide(_profile_name(from_), _profile_name(to)))
+    click.echo(porting_guide(_profile_of(from_), _profile_of(to)))
 
 
-def _profile_name(name: str) -> str:
-    from bnspec.profiles import PROFILES
+def _profile_of(name: str) -> Any:
+    """A profile name, or an adapter's name standing for the profile it declares (a name or the
+    Profile object it carries)."""
+    from bnspec.profiles import profile_names
 
-    if name in PROFILES:
+    if name in profile_names():
         return name
     from bnspec.discovery import adapter_names, discover
 
@@ -250,7 +298,7 @@ def _profile_name(name: str) -> str:
         return discover([name])[name].profile
     from bnspec.errors import UnknownName
 
-    raise UnknownName("profile or adapter", name, [*PROFILES, *adapter_names()])
+    raise UnknownName("profile or adapter", name, list(dict.fromkeys([*profile_names(), *adapter_names()])))
 
 
 @cli.group()
