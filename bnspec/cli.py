@@ -55,9 +55,10 @@ def list_cmd(as_json: bool) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProfileWarning)
         adapters = discover()
-        rows: list[dict[str, Any]] = [{"kind": "adapter", "name": name, "framework": a.framework, "version": a.framework_version(),
-                 "installed": a.installed(), "declared_profile": _declared_name(a),
-                 "description": a.description} for name, a in adapters.items()]
+        rows: list[dict[str, Any]] = [
+            {"kind": "adapter", "name": name, "framework": a.framework, "version": a.framework_version(),
+             "installed": a.installed(), "declared_profile": _declared_name(a), "description": a.description}
+            for name, a in adapters.items()]
         profiles = _profile_rows(adapters)
     for w in caught:  # one line each, not Python's two-line warning format
         if issubclass(w.category, ProfileWarning):

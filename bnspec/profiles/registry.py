@@ -110,7 +110,7 @@ def _load(ep: metadata.EntryPoint) -> Profile:
 
 
 def _try_load(ep: metadata.EntryPoint) -> Profile | ProfileLoadError:
-    where = f"profile entry point {ep.name!r} of {_source(ep)}"
+    where = f"profile {ep.name!r} from {_source(ep)}"
     try:
         obj = ep.load()
     except Exception as exc:  # noqa: BLE001 - a third party's module may raise anything on import
@@ -132,8 +132,8 @@ def _refusal(name: str) -> str | None:
     """Why the entry points registering ``name`` are refused outright (not loaded), or None."""
     eps = _entry_points().get(name, ())
     if name in builtin_profiles() and eps:
-        return (f"profile {name!r} of {_source(eps[0])} is refused: {name!r} is a built-in "
-                "profile (built-in (bnspec)); rename it")
+        return (f"profile {name!r} from {_source(eps[0])} is refused: the name is taken by a "
+                "built-in profile (bnspec); rename it")
     if len(eps) > 1:
         return (f"profile {name!r} is registered twice, by {_source(eps[0])} and by "
                 f"{_source(eps[1])}: both are refused; uninstall one")
@@ -164,22 +164,35 @@ def profile_names() -> list[str]:
     return [*builtin_profiles(), *(n for n in _entry_points() if n not in builtin_profiles())]
 
 
-@lru_cache(maxsize=1)
+_ALL: tuple[dict[str, Profile], dict[str, ProfileSource]] | None = None
+_BUILDING = False
+
+
 def _all() -> tuple[dict[str, Profile], dict[str, ProfileSource]]:
+    global _ALL, _BUILDING
+    if _ALL is not None:
+        return _ALL
     profiles = dict(builtin_profiles())
     sources = dict.fromkeys(profiles, _BUILTIN_SOURCE)
-    for name, eps in _entry_points().items():
-        refusal = _refusal(name)
-        if refusal is not None:
-            warnings.warn(refusal, ProfileWarning, stacklevel=3)
-            continue
-        try:
-            profiles[name] = _load(eps[0])
-        except ProfileLoadError as exc:
-            warnings.warn(f"skipping {exc}", ProfileWarning, stacklevel=3)
-            continue
-        sources[name] = _source(eps[0])
-    return profiles, sources
+    if _BUILDING:  # a third-party module reading PROFILES as it is loaded sees the built-ins
+        return profiles, sources
+    _BUILDING = True
+    try:
+        for name, eps in _entry_points().items():
+            refusal = _refusal(name)
+            if refusal is not None:
+                warnings.warn(refusal, ProfileWarning, stacklevel=4)
+                continue
+            try:
+                profiles[name] = _load(eps[0])
+            except ProfileLoadError as exc:
+                warnings.warn(f"skipping {exc}", ProfileWarning, stacklevel=4)
+                continue
+            sources[name] = _source(eps[0])
+    finally:
+        _BUILDING = False
+    _ALL = profiles, sources
+    return _ALL
 
 
 def all_profiles() -> dict[str, Profile]:
@@ -221,7 +234,8 @@ class _Profiles(Mapping[str, Profile]):
     """``PROFILES``: every usable profile by name, read (and third-party ones loaded) on first use."""
 
     def __getitem__(self, name: str) -> Profile:
-        return _all()[0][name]
+        builtin = builtin_profiles()
+        return builtin[name] if name in builtin else _all()[0][name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(_all()[0])
@@ -241,7 +255,9 @@ PROFILES: Mapping[str, Profile] = _Profiles()
 
 def _clear_cache() -> None:
     """Forget what was found (tests that install or fake entry points)."""
-    for cached in (builtin_profiles, _entry_points, _all):
-        cached.cache_clear()
+    global _ALL
+    builtin_profiles.cache_clear()
+    _entry_points.cache_clear()
     _LOADED.clear()
+    _ALL = None
 
