@@ -34,7 +34,6 @@ def _capabilities(mode: str) -> Capabilities:
         affine_off=True,
         untracked=False,
         initial_running=True,
-        batch_stats=False,
         notes="runs with JAX_ENABLE_X64=1 (float64 cases); running statistics and weights use "
         "BatchNorm(dtype=param_dtype). An input dtype that differs from it raises in the "
         "framework: mode='ema' always (lax.select of mixed dtypes), mode='batch' when the input "

@@ -35,7 +35,6 @@ _CAPS = Capabilities(
     affine_off=True,
     untracked=False,
     initial_running=True,
-    batch_stats=False,
     notes=(
         "Flax normalizes axis=-1: inputs are moved to channels-last. float64 runs with "
         "jax_enable_x64=True (set per worker process). Running statistics start in float32, "

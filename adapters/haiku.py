@@ -36,7 +36,6 @@ class HaikuAdapter(Adapter):
             affine_off=True,
             untracked=False,
             initial_running=True,
-            batch_stats=False,
             notes="runs with JAX_ENABLE_X64=1 (float64 cases); scale/offset and the EMA state "
             "are created in the input's dtype, so param_dtype must equal dtype; momentum=None "
             "has no equivalent (decay_rate is a fixed float)",

@@ -27,7 +27,6 @@ def _capabilities(notes: str) -> Capabilities:
         frozen=True,  # layer.trainable = False, called with training=True
         affine_off=True,  # center=False, scale=False
         untracked=False,  # moving statistics always exist
-        batch_stats=False,  # the batch moments are internal to call()
         notes=notes,
     )
 

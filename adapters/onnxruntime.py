@@ -33,7 +33,6 @@ _CAPS = Capabilities(
     frozen=False,
     affine_off=False,
     untracked=False,
-    batch_stats=False,
     eval_steps=True,
     train_steps=True,
     notes=(

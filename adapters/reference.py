@@ -15,7 +15,6 @@ _ALL = Capabilities(
     cumulative_momentum=True,
     frozen=True,
     untracked=True,
-    batch_stats=True,
     notes="the exact float64 semantics of the declared profile",
 )
 

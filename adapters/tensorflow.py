@@ -400,7 +400,6 @@ TF_NN_FUSED = TFFusedOpAdapter(
         cumulative_momentum=True,
         frozen=False,
         affine_off=True,
-        batch_stats=False,
         notes="data_format NHWC (rank 4) / NDHWC (rank 5); the op takes no float64 (attr T in "
         "half, bfloat16, float) and float32 scale/offset/mean/variance; exponential_avg_factor = "
         "case.momentum (1/t for momentum=None), passed per call; running statistics carried by "
@@ -423,7 +422,6 @@ TF_NN_MOMENTS = TFMomentsAdapter(
         cumulative_momentum=False,
         frozen=False,
         affine_off=True,
-        batch_stats=True,
         notes="parameters and running statistics in the input dtype (param_dtype must be exact "
         "in it); the EMA is r - (r - b) * (1 - k) with k = 1 - case.momentum, as tf_keras' "
         "_assign_moving_average; bfloat16 left out: moments upcasts only float16; " + _GRAD_NOTE,
@@ -449,7 +447,6 @@ TF_KERAS_FUSED = TFKerasAdapter(
         cumulative_momentum=False,
         frozen=True,
         affine_off=True,
-        batch_stats=False,
         notes="fused=True: ranks 4 and 5 only, no float64 (the layer raises); weights float32, "
         "so gamma/beta/running values must be exact in float32; " + _KERAS2_NOTES,
     ),
@@ -468,7 +465,6 @@ TF_KERAS_NONFUSED = TFKerasAdapter(
         cumulative_momentum=False,
         frozen=True,
         affine_off=True,
-        batch_stats=False,
         notes="fused=False (the layer's own choice for ranks 2 and 3, fused=None); param_dtype "
         "must be the layer's weight dtype (float32 for float16/bfloat16 inputs); " + _KERAS2_NOTES,
     ),

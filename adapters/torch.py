@@ -37,7 +37,6 @@ def _capabilities(**overrides: Any) -> Capabilities:
         affine_off=True,
         untracked=True,
         initial_running=True,
-        batch_stats=False,  # the batch moments stay inside the kernel
     )
     base.update(overrides)
     return Capabilities(**base)
@@ -117,7 +116,8 @@ class TorchModuleAdapter(Adapter):
 
         torch.set_num_threads(1)
 
-    def _module(self, case: Case) -> Any:
+    def build_module(self, case: Case) -> Any:
+        """The torch.nn.BatchNorm*d of ``case`` (the conversion paths' torch source too)."""
         import torch
 
         cls = getattr(torch.nn, _MODULE_CLASS[case.rank])
@@ -148,7 +148,7 @@ class TorchModuleAdapter(Adapter):
 
         self.check_supported(case)
         _check_dtypes(case)
-        module = self._module(case)
+        module = self.build_module(case)
         forward = self._forward(module, case)
         out: list[StepResult] = []
         for step in case.steps:

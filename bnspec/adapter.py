@@ -12,10 +12,10 @@ import the module, and only the worker process calls :meth:`Adapter.setup`.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 
-from bnspec.case import Case, Result
+from bnspec.case import Case, ConversionChecks, Result
 from bnspec.errors import UnsupportedFeature
 from bnspec.profiles import Profile, resolve
 
@@ -31,7 +31,6 @@ class Capabilities:
     affine_off: bool = True  # gamma/beta absent
     untracked: bool = False  # track_running_stats=False: no running statistics at all
     initial_running: bool = True  # running statistics can be set before the first step
-    batch_stats: bool = False  # exposes the batch mean and variance
     eval_steps: bool = True
     train_steps: bool = True
     momentum_values: str = "any"  # "any" | "fixed:<value>" for ops without a momentum
@@ -160,12 +159,15 @@ def channels_first(a, rank: int):  # type: ignore[no-untyped-def]
 
 
 # What a conversion path reports beside its outputs, one verdict per case (the Converters columns
-# of the reports). Filled by the conversion adapters; read here, and only here, by the engine.
-CONVERSION_CHECKS = ("hyperparameters_preserved", "state_preserved", "source_untouched", "trainable_match")
+# of the reports, in this order): the verdict fields of ConversionChecks (bnspec.case, beside the
+# Result that carries them), so that a new verdict is one field.
+CONVERSION_CHECKS = tuple(f.name for f in fields(ConversionChecks) if f.metadata.get("verdict"))
 
 
 def conversion_verdicts(result: Result) -> dict[str, bool]:
     """The conversion checks a Result carries, as ``{check: verdict}`` (empty for a plain
     adapter)."""
-    return {k: bool(result.meta[k]) for k in CONVERSION_CHECKS
-            if isinstance(result.meta.get(k), bool) or type(result.meta.get(k)).__name__ == "bool_"}
+    checks = result.conversion
+    if checks is None:
+        return {}
+    return {k: v for k in CONVERSION_CHECKS if (v := getattr(checks, k)) is not None}

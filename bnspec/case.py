@@ -13,16 +13,13 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 
 from bnspec.dtypes import check_dtype, round_to
 from bnspec.errors import InvalidCase
-
-if TYPE_CHECKING:  # bnspec.adapter imports this module
-    from bnspec.adapter import ConversionChecks
 
 Mode = Literal["train", "eval"]
 Layout = Literal["channels_first", "channels_last"]
@@ -242,6 +239,54 @@ class StepResult:
         return cls(**kw, y_dtype=d.get("y_dtype"), running_dtype=d.get("running_dtype"))
 
 
+_VERDICT = {"verdict": True}  # marks the four verdicts among ConversionChecks' fields
+
+
+@dataclass(frozen=True)
+class ConversionChecks:
+    """What a conversion path checked about the conversion itself, beside its outputs: four
+    verdicts (the Converters columns of the reports) and the detail behind them. A verdict is None
+    where the artifact does not let it be read (a layer lowered to arithmetic has no eps to compare)
+    and is then left out of the reports.
+
+    - ``hyperparameters_preserved``: eps and momentum read back from the artifact (``converted``)
+      equal the source's;
+    - ``state_preserved``: the artifact's initial running statistics equal the source's;
+    - ``source_untouched``: the source's parameters, running statistics and mode are bit-identical
+      before and after the conversion (``source_changes`` names what changed);
+    - ``trainable_match``: the trainable parameters (name -> element count) of the source
+      (``trainable_source``) and of the artifact (``trainable_converted``) count the same.
+
+    Filled by the conversion adapters (one helper, ``bnspec.adapters.converters._common``); read
+    by the engine through ``bnspec.adapter.conversion_verdicts`` only.
+    """
+
+    hyperparameters_preserved: bool | None = field(default=None, metadata=_VERDICT)
+    state_preserved: bool | None = field(default=None, metadata=_VERDICT)
+    source_untouched: bool | None = field(default=None, metadata=_VERDICT)
+    trainable_match: bool | None = field(default=None, metadata=_VERDICT)
+    converted: dict[str, Any] = field(default_factory=dict, hash=False)  # read back from the artifact
+    source_changes: tuple[str, ...] = ()
+    trainable_source: dict[str, int] = field(default_factory=dict, hash=False)
+    trainable_converted: dict[str, int] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        # A verdict computed with NumPy is a numpy.bool_, changes may come as a list (JSON): held
+        # as a bool and a tuple, so that the record serialises and compares the same either way.
+        for f in fields(self):
+            if f.metadata.get("verdict") and (value := getattr(self, f.name)) is not None:
+                object.__setattr__(self, f.name, bool(value))
+        object.__setattr__(self, "source_changes", tuple(self.source_changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConversionChecks:
+        return cls(**d)
+
+
 @dataclass(eq=False)
 class Result:
     """What an adapter observed: one StepResult per step; for a conversion path, what it checked
@@ -259,11 +304,7 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
-        conversion = None
-        if d.get("conversion") is not None:
-            from bnspec.adapter import ConversionChecks  # bnspec.adapter imports this module
-
-            conversion = ConversionChecks.from_dict(d["conversion"])
+        conversion = None if d.get("conversion") is None else ConversionChecks.from_dict(d["conversion"])
         return cls([StepResult.from_dict(s) for s in d["steps"]], dict(d.get("meta", {})), conversion)
 
 

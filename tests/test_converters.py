@@ -14,8 +14,9 @@ import importlib.util
 import numpy as np
 import pytest
 
+from bnspec.adapter import CONVERSION_CHECKS, conversion_verdicts
 from bnspec.attribution import Observation, explain
-from bnspec.case import Case, Result, make_case
+from bnspec.case import Case, ConversionChecks, Result, make_case
 from bnspec.discovery import load_adapter_ref
 from bnspec.errors import FrameworkError
 from bnspec.profiles import get_semantics
@@ -64,6 +65,11 @@ def _conforms(case: Case, result: Result, semantics=PYTORCH) -> bool:  # type: i
     return compare(case, semantics, result).ok
 
 
+def _checks(result: Result) -> ConversionChecks:
+    assert result.conversion is not None, "a conversion path reports its conversion checks"
+    return result.conversion
+
+
 def _all_eval(case: Case) -> Case:
     """The same case with every step in eval mode: what an inference-only artifact computes."""
     return case.replace(steps=tuple(s.__class__(mode="eval", x=s.x) for s in case.steps))
@@ -73,6 +79,24 @@ def _from_converted_state(case: Case, result: Result) -> Case:
     """The case started from the running statistics the artifact holds (not the source's)."""
     return case.replace(running_mean=np.array(result.meta["converted_running_mean"]),
                         running_var=np.array(result.meta["converted_running_var"]))
+
+
+def test_conversion_checks_round_trip_with_the_result_and_read_as_verdicts() -> None:
+    # The nobuco runner sends its Result as JSON; a lowered layer has no readable eps (None).
+    import json
+
+    checks = ConversionChecks(hyperparameters_preserved=None, state_preserved=np.bool_(True),
+                              source_untouched=False, trainable_match=True,
+                              converted={"eval": {"eps": 1e-3}}, source_changes=["running_mean"],
+                              trainable_source={"weight": 3}, trainable_converted={"scale": 3})
+    result = Result.from_dict(json.loads(json.dumps(Result([], {"torch": "2"}, checks).to_dict())))
+    assert result.conversion == checks and result.meta == {"torch": "2"}
+    assert result.conversion.source_changes == ("running_mean",)
+    assert conversion_verdicts(result) == {"state_preserved": True, "source_untouched": False,
+                                           "trainable_match": True}
+    assert CONVERSION_CHECKS == ("hyperparameters_preserved", "state_preserved", "source_untouched",
+                                 "trainable_match")
+    assert conversion_verdicts(Result([], {"source_untouched": True})) == {}  # meta is not read
 
 
 VARIANTS = {
@@ -95,12 +119,12 @@ def test_ts_eval_export_runs_train_steps_as_eval_steps_and_never_updates_running
     for step in result.steps:
         np.testing.assert_array_equal(step.running_mean, case.running_mean)
         np.testing.assert_array_equal(step.running_var, case.running_var)
-    assert result.meta["source_untouched"], result.meta["source_changes"]
-    assert result.meta["state_preserved"] and result.meta["trainable_match"]
-    converted = result.meta["converted"]["eval"]
+    assert _checks(result).source_untouched, _checks(result).source_changes
+    assert _checks(result).state_preserved and _checks(result).trainable_match
+    converted = _checks(result).converted["eval"]
     assert converted["training_mode"] == 0 and converted["has_state"]
     # momentum=None has no ONNX spelling: the attribute is 1.0 (a running average that never moves)
-    assert result.meta["hyperparameters_preserved"] is (variant != "momentum_none")
+    assert _checks(result).hyperparameters_preserved is (variant != "momentum_none")
     if variant == "momentum_none":
         assert converted["onnx_momentum"] == 1.0
 
@@ -112,7 +136,7 @@ def test_export_without_running_stats_conforms_to_pytorch_in_train_and_eval(ref)
     case = _case(track_running_stats=False, modes=("train", "eval", "train"))
     result = run(ref, case)
     assert _conforms(case, result), compare(case, PYTORCH, result).describe()
-    assert result.meta["source_untouched"] and result.meta["trainable_match"]
+    assert _checks(result).source_untouched and _checks(result).trainable_match
 
 
 # -- torch.onnx.export, TorchScript exporter, TrainingMode.TRAINING --------------------------------
@@ -124,11 +148,11 @@ def test_ts_training_export_updates_the_source_running_stats_while_tracing(varia
     result = run(TS_TRAINING, case)
     # Tracing runs the module once in train mode on the example batch: the *source* module's
     # running statistics take one update, and the artifact starts from the updated ones.
-    assert not result.meta["source_untouched"]
-    assert set(result.meta["source_changes"]) == {"num_batches_tracked", "running_mean", "running_var"}
-    assert not result.meta["state_preserved"]
-    assert result.meta["trainable_match"]
-    assert result.meta["converted"]["train"]["training_mode"] == 1
+    assert not _checks(result).source_untouched
+    assert set(_checks(result).source_changes) == {"num_batches_tracked", "running_mean", "running_var"}
+    assert not _checks(result).state_preserved
+    assert _checks(result).trainable_match
+    assert _checks(result).converted["train"]["training_mode"] == 1
 
 
 @_needs("torch", "onnx", "onnxruntime")
@@ -147,8 +171,8 @@ def test_ts_training_export_updates_running_var_with_the_biased_variance(variant
 def test_ts_training_export_of_momentum_none_replaces_the_running_stats_every_step() -> None:
     case = _case(momentum=None, modes=("train", "train", "train", "eval"))
     result = run(TS_TRAINING, case)
-    assert result.meta["converted"]["train"]["onnx_momentum"] == 0.0
-    assert not result.meta["hyperparameters_preserved"]
+    assert _checks(result).converted["train"]["onnx_momentum"] == 0.0
+    assert not _checks(result).hyperparameters_preserved
     start = _from_converted_state(case, result)
     # The cumulative average becomes momentum 1 (copy the batch), with the biased variance.
     assert _conforms(start.replace(momentum=1.0), result,
@@ -162,20 +186,20 @@ def test_ts_training_export_of_momentum_none_replaces_the_running_stats_every_st
 def test_dynamo_export_of_a_training_module_is_an_inference_graph(variant) -> None:
     case = _case(**VARIANTS[variant])  # type: ignore[arg-type]
     result = run(DYNAMO, case)
-    assert result.meta["converted"]["train"]["training_mode"] == 0
+    assert _checks(result).converted["train"]["training_mode"] == 0
     assert not _conforms(case, result)
     assert _conforms(_all_eval(case), result)
-    assert result.meta["source_untouched"], result.meta["source_changes"]
-    assert result.meta["state_preserved"] and result.meta["hyperparameters_preserved"]
+    assert _checks(result).source_untouched, _checks(result).source_changes
+    assert _checks(result).state_preserved and _checks(result).hyperparameters_preserved
 
 
 @_needs("torch", "onnx", "onnxruntime", "onnxscript")
 def test_dynamo_export_turns_affine_off_into_parameter_like_initializers() -> None:
     result = run(DYNAMO, _case(affine=False))
-    assert result.meta["trainable_source"] == {}
+    assert _checks(result).trainable_source == {}
     # ones/zeros for scale and B become initializers, indistinguishable from parameters.
-    assert sum(result.meta["trainable_converted"].values()) == 6
-    assert not result.meta["trainable_match"]
+    assert sum(_checks(result).trainable_converted.values()) == 6
+    assert not _checks(result).trainable_match
 
 
 @_needs("torch", "onnx", "onnxruntime", "onnxscript")
@@ -201,9 +225,9 @@ def test_onnx2torch_round_trip_trains_like_the_source(ref) -> None:
     case = _case(modes=("train", "eval", "train", "eval"))
     result = run(ref, case)
     assert _conforms(case, result), compare(case, PYTORCH, result).describe()
-    assert result.meta["converted"]["module"] == "BatchNorm1d"
-    assert result.meta["source_untouched"] and result.meta["state_preserved"]
-    assert result.meta["trainable_match"] and result.meta["hyperparameters_preserved"]
+    assert _checks(result).converted["module"] == "BatchNorm1d"
+    assert _checks(result).source_untouched and _checks(result).state_preserved
+    assert _checks(result).trainable_match and _checks(result).hyperparameters_preserved
 
 
 @_needs_env(ONNX2TORCH)
@@ -212,8 +236,8 @@ def test_onnx2torch_round_trip_of_momentum_none_freezes_the_running_stats() -> N
     # it back as torch momentum 1 - 1.0 = 0: training never moves the running statistics.
     case = _case(momentum=None, modes=("train", "train", "eval"))
     result = run(ONNX2TORCH, case)
-    assert result.meta["converted"]["momentum"] == 0.0
-    assert not result.meta["hyperparameters_preserved"]
+    assert _checks(result).converted["momentum"] == 0.0
+    assert not _checks(result).hyperparameters_preserved
     assert not _conforms(case, result)
     for step in result.steps:
         np.testing.assert_array_equal(step.running_mean, case.running_mean)
@@ -243,9 +267,9 @@ def test_onnx2torch_cannot_convert_the_default_opset_export_of_constants(hyper, 
 def test_onnx2torch_at_opset_17_trains_affine_off_through_its_functional_batchnorm() -> None:
     case = _case(affine=False, modes=("train", "eval", "train"))
     result = run(ONNX2TORCH_17, case)
-    assert result.meta["converted"]["module"] == "OnnxBatchNorm"
+    assert _checks(result).converted["module"] == "OnnxBatchNorm"
     assert _conforms(case, result), compare(case, PYTORCH, result).describe()
-    assert result.meta["trainable_converted"] == {}
+    assert _checks(result).trainable_converted == {}
 
 
 @_needs_env(ONNX2TORCH)
@@ -275,15 +299,15 @@ def test_jax2onnx_exports_a_training_batchnorm_as_inference(ref, profile, shape)
     assert compare(_all_eval(case), semantics, result).ok
     for step in result.steps:
         np.testing.assert_array_equal(step.running_mean, case.running_mean.astype(np.float32))
-    assert result.meta["converted"]["train"]["training_mode"] == 0
-    assert result.meta["source_untouched"] and result.meta["hyperparameters_preserved"]
-    assert result.meta["trainable_match"]
+    assert _checks(result).converted["train"]["training_mode"] == 0
+    assert _checks(result).source_untouched and _checks(result).hyperparameters_preserved
+    assert _checks(result).trainable_match
 
 
 @_needs_env(LINEN_JAX2ONNX)
 def test_jax2onnx_linen_train_function_returns_its_input_statistics() -> None:
     result = run(LINEN_JAX2ONNX, _case())
-    train = result.meta["converted"]["train"]
+    train = _checks(result).converted["train"]
     assert train["graph_outputs"][1:] == train["graph_inputs"][1:]
 
 
@@ -293,9 +317,9 @@ def test_jax2onnx_turns_affine_off_into_parameter_like_initializers(ref) -> None
     case = _case(affine=False, modes=("eval", "eval"))
     result = run(ref, case)
     assert compare(case, get_semantics("flax_nnx" if ref == NNX_JAX2ONNX else "flax_linen"), result).ok
-    assert result.meta["trainable_source"] == {}
-    assert sum(result.meta["trainable_converted"].values()) == 6
-    assert not result.meta["trainable_match"]
+    assert _checks(result).trainable_source == {}
+    assert sum(_checks(result).trainable_converted.values()) == 6
+    assert not _checks(result).trainable_match
 
 
 # -- Keras 3 / tf.keras -> tf2onnx -> ONNX Runtime (envs/tf2onnx) ---------------------------------
@@ -322,12 +346,12 @@ def test_tf2onnx_exports_a_fused_tf_keras_batchnorm_in_training_as_inference(var
     semantics = get_semantics("tf_keras_fused")
     assert not compare(case, semantics, result).ok
     assert compare(_all_eval(case), semantics, result).ok
-    assert result.meta["converted"]["train"]["training_mode"] == 0
+    assert _checks(result).converted["train"]["training_mode"] == 0
     assert result.meta["exporters"] == {"train": "from_function(training=True)", "eval": "from_keras"}
-    assert result.meta["hyperparameters_preserved"] and result.meta["state_preserved"]
-    assert result.meta["source_untouched"], result.meta["source_changes"]
+    assert _checks(result).hyperparameters_preserved and _checks(result).state_preserved
+    assert _checks(result).source_untouched, _checks(result).source_changes
     # affine=False: scale/B become ones/zeros initializers, indistinguishable from parameters.
-    assert result.meta["trainable_match"] is (variant != "affine_off")
+    assert _checks(result).trainable_match is (variant != "affine_off")
 
 
 @_needs_env(TF_KERAS_TF2ONNX)
@@ -338,7 +362,7 @@ def test_tf2onnx_keeps_a_frozen_keras_batchnorm_in_inference(ref, profile) -> No
     case = _frozen_first(_case(shape=IMAGES, modes=("train", "eval")))
     result = run(ref, case)
     assert compare(case, get_semantics(profile), result).ok
-    assert result.meta["source_untouched"], result.meta["source_changes"]
+    assert _checks(result).source_untouched, _checks(result).source_changes
 
 
 @_needs_env(KERAS3_TF2ONNX)
@@ -356,14 +380,14 @@ def test_tf2onnx_lowers_an_unfused_keras_batchnorm_to_arithmetic_that_drops_the_
     semantics = get_semantics(profile)
     assert not compare(case, semantics, result).ok
     assert compare(case.replace(momentum=0.0), semantics, result).ok
-    converted = result.meta["converted"]
+    converted = _checks(result).converted
     assert converted["train"]["batchnorm_nodes"] == converted["eval"]["batchnorm_nodes"] == 0
     assert "ReduceMean" in converted["train"]["ops"] and converted["eval"]["ops"] == ["Add", "Mul"]
-    assert result.meta["hyperparameters_preserved"] is None and result.meta["state_preserved"] is None
-    assert result.meta["source_untouched"], result.meta["source_changes"]
+    assert _checks(result).hyperparameters_preserved is None and _checks(result).state_preserved is None
+    assert _checks(result).source_untouched, _checks(result).source_changes
     # gamma and beta are folded into the Mul/Add constants: nothing left to train.
-    assert result.meta["trainable_converted"] == {}
-    assert result.meta["trainable_match"] is (variant == "affine_off")
+    assert _checks(result).trainable_converted == {}
+    assert _checks(result).trainable_match is (variant == "affine_off")
 
 
 @_needs_env(KERAS3_TF2ONNX)
@@ -383,7 +407,7 @@ def test_nobuco_keras_model_of_images_trains_like_the_source() -> None:
     case = _case(shape=IMAGES, modes=("train", "eval", "train", "eval"))
     result = run(NOBUCO, case)
     assert _conforms(case, result), compare(case, PYTORCH, result).describe()
-    assert result.meta["source_untouched"] and result.meta["trainable_match"]
+    assert _checks(result).source_untouched and _checks(result).trainable_match
 
 
 @_needs_env(NOBUCO)
@@ -395,9 +419,9 @@ def test_nobuco_keras_model_of_features_updates_running_var_with_the_biased_vari
     assert explain(case, PYTORCH, Observation(result=result)) == [
         {"running_var_update": ("biased", "unbiased")}
     ]
-    assert result.meta["converted"]["keras_momentum"] == pytest.approx(0.9)
-    assert result.meta["hyperparameters_preserved"] and result.meta["state_preserved"]
-    assert result.meta["source_untouched"] and result.meta["trainable_match"]
+    assert _checks(result).converted["keras_momentum"] == pytest.approx(0.9)
+    assert _checks(result).hyperparameters_preserved and _checks(result).state_preserved
+    assert _checks(result).source_untouched and _checks(result).trainable_match
 
 
 @_needs_env(NOBUCO)
@@ -423,12 +447,12 @@ def test_flax_to_torch_chain_trains_with_the_unbiased_running_var_of_torch(varia
     assert explain(case, flax_nnx, Observation(result=result)) == [
         {"running_var_update": ("unbiased", "biased")}
     ]
-    assert result.meta["converted"]["module"] == "BatchNorm1d"
-    assert result.meta["hyperparameters_preserved"] and result.meta["state_preserved"]
-    assert result.meta["source_untouched"]
+    assert _checks(result).converted["module"] == "BatchNorm1d"
+    assert _checks(result).hyperparameters_preserved and _checks(result).state_preserved
+    assert _checks(result).source_untouched
     # affine=False comes back as affine=True with ones/zeros weight and bias: trainable again.
-    assert result.meta["converted"]["affine"] is True
-    assert result.meta["trainable_match"] is (variant == "momentum")
+    assert _checks(result).converted["affine"] is True
+    assert _checks(result).trainable_match is (variant == "momentum")
 
 
 @_needs_env(FLAX_ONNX2TORCH)
@@ -460,15 +484,15 @@ def test_onnx2tf_folds_the_batchnorm_into_constants_so_train_steps_run_as_eval_s
         {"running_update": ("none", "ema"), "train_stats": ("running", "batch")}
     ]
     assert all(step.running_mean is None for step in result.steps)
-    converted = result.meta["converted"]
+    converted = _checks(result).converted
     assert converted["ops"] == ["multiply", "_add_dispatch"]
     assert converted["weights"] == {} and not converted["has_state"]
     # eps and the running statistics survive, folded: gamma * rsqrt(var + eps), beta - mean * that.
     assert result.meta["folded_constants_match"] and result.meta["folded_constants_match_onnx"]
-    assert result.meta["hyperparameters_preserved"] is None and result.meta["state_preserved"] is None
-    assert result.meta["source_untouched"], result.meta["source_changes"]
-    assert result.meta["trainable_converted"] == {}
-    assert result.meta["trainable_match"] is (variant == "affine_off")
+    assert _checks(result).hyperparameters_preserved is None and _checks(result).state_preserved is None
+    assert _checks(result).source_untouched, _checks(result).source_changes
+    assert _checks(result).trainable_converted == {}
+    assert _checks(result).trainable_match is (variant == "affine_off")
     assert result.meta["network_attempts"] == []
 
 
@@ -479,9 +503,9 @@ def test_onnx2tf_without_running_stats_conforms_to_pytorch_in_train_and_eval() -
     case = _case(track_running_stats=False, modes=("train", "eval", "train"))
     result = run(ONNX2TF, case)
     assert _conforms(case, result), compare(case, PYTORCH, result).describe()
-    assert "reduce_mean" in result.meta["converted"]["ops"]
+    assert "reduce_mean" in _checks(result).converted["ops"]
     assert result.meta["folded_constants_match"] is None
-    assert result.meta["source_untouched"] and not result.meta["trainable_match"]
+    assert _checks(result).source_untouched and not _checks(result).trainable_match
 
 
 @_needs_env(ONNX2TF)

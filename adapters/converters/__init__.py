@@ -3,8 +3,9 @@ converter, and the converted artifact run through the whole step plan in its tar
 
 Each path declares the *source* layer's profile: a faithful conversion preserves it, so every
 divergence is a finding about the converter (or the target runtime), attributed to knobs by the
-engine like any other. Besides the step results, each path reports in ``Result.meta`` what it read
-back from the artifact and what it checked about the conversion itself:
+engine like any other. Besides the step results, each path reports in ``Result.conversion`` (a
+:class:`bnspec.adapter.ConversionChecks`, filled by ``_common.conversion_checks``) what it read back
+from the artifact and what it checked about the conversion itself:
 
 - ``converted``: the hyperparameters read back from the artifact (eps, canonical momentum,
   training mode, whether it holds running statistics and affine parameters);
@@ -14,6 +15,8 @@ back from the artifact and what it checked about the conversion itself:
   before and after the conversion (``source_changes`` names what changed);
 - ``trainable_source`` / ``trainable_converted`` / ``trainable_match``: the trainable parameters
   (name -> element count) on each side, and whether their counts agree.
+
+What else a path observed (versions, exporters, a converter's own error) stays in ``Result.meta``.
 
 Paths whose converter pins fight the main environment run in their own interpreter,
 ``envs/<family>/.venv`` (created by ``sh envs/create.sh <family>``); ``installed()`` is False

@@ -4,7 +4,7 @@ step-plan runner that carries the running statistics through an ONNX graph on ON
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bnspec.adapter import Adapter, Capabilities
-from bnspec.case import Case, StepResult
+from bnspec.case import Case, ConversionChecks, StepResult
 from bnspec.errors import UnsupportedFeature
 
 # adapters/converters/_common.py -> the checkout; envs live beside the code (editable install).
@@ -33,7 +33,6 @@ class ConverterAdapter(Adapter):
     """A conversion path. ``family`` names its own environment (None: the CLI's)."""
 
     family: str | None = None
-    converter: str = ""  # the converter's distribution, for the report
 
     def __post_init__(self) -> None:
         if self.family is not None and self.python is None:
@@ -83,6 +82,35 @@ def hyperparameters_preserved(case: Case, eps: float | None, momentum: float | N
 
     return same(eps, case.eps, False) and (
         not case.track_running_stats or same(momentum, case.momentum, True))
+
+
+def state_matches(case: Case, running: tuple[np.ndarray, np.ndarray] | None, dtype: Any = None) -> bool:
+    """The artifact's initial running statistics ``running`` (None: it holds none) equal the
+    source's, the source's rounded to ``dtype`` (None: each to the artifact's own dtype)."""
+    if running is None:
+        return False
+    mean, var = running
+    return bool((mean == case.running_mean.astype(mean.dtype if dtype is None else dtype)).all()
+                and (var == case.running_var.astype(var.dtype if dtype is None else dtype)).all())
+
+
+def conversion_checks(*, converted: dict[str, Any], hyperparameters_preserved: bool | None,
+                      state_preserved: bool | None, source_changes: Sequence[str],
+                      trainable_source: dict[str, int],
+                      trainable_converted: dict[str, int]) -> ConversionChecks:
+    """What every conversion path reports about the conversion itself (see ConversionChecks):
+    the source is untouched when nothing in it changed, and the trainable parameters match when
+    both sides count as many elements."""
+    return ConversionChecks(
+        hyperparameters_preserved=hyperparameters_preserved,
+        state_preserved=state_preserved,
+        source_untouched=not source_changes,
+        trainable_match=sum(trainable_source.values()) == sum(trainable_converted.values()),
+        converted=converted,
+        source_changes=tuple(source_changes),
+        trainable_source=dict(trainable_source),
+        trainable_converted=dict(trainable_converted),
+    )
 
 
 # -- ONNX ---------------------------------------------------------------------------------------
@@ -145,7 +173,14 @@ class OnnxBatchNorm:
 
     @property
     def has_state(self) -> bool:
-        return self.running_mean is not None and self.running_var is not None
+        return self.running is not None
+
+    @property
+    def running(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The initial running statistics (mean, var), where the artifact holds them."""
+        if self.running_mean is None or self.running_var is None:
+            return None
+        return self.running_mean, self.running_var
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -201,12 +236,12 @@ def with_state_io(model: Any) -> Any:
 
     model = _copy(model)
     info = read_batchnorm(model)
-    if info.nodes != 1 or not info.has_state:
+    if info.nodes != 1 or info.running is None:
         return model
     node = batchnorm_nodes(model)[0]
-    assert info.running_mean is not None
-    elem = helper.np_dtype_to_tensor_dtype(info.running_mean.dtype)
-    c = int(info.running_mean.shape[0])
+    running_mean = info.running[0]
+    elem = helper.np_dtype_to_tensor_dtype(running_mean.dtype)
+    c = int(running_mean.shape[0])
     node.input[3], node.input[4] = STATE_INPUTS
     for name in STATE_INPUTS:
         model.graph.input.append(helper.make_tensor_value_info(name, elem, [c]))
@@ -277,11 +312,7 @@ def run_onnx_plan(case: Case, artifact: Callable[..., Any],
             sessions[id(model)] = (ort_session(stateful), stateful)
         return sessions[id(model)]
 
-    first = read_batchnorm(artifact_of(case.steps[0]))
-    state: tuple[np.ndarray, np.ndarray] | None = None
-    if first.has_state:
-        assert first.running_mean is not None and first.running_var is not None
-        state = (first.running_mean, first.running_var)
+    state = read_batchnorm(artifact_of(case.steps[0])).running
     out: list[StepResult] = []
     for step in case.steps:
         sess, model = session(step)

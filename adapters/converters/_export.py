@@ -6,8 +6,9 @@ untouched, in the source's own interpreter. A worker runs it as a subprocess:
 
 KIND is ``torch`` (``torch.onnx.export``, TorchScript exporter, ``TrainingMode.EVAL``; the module
 as built, in training mode, as the other torch paths) or ``flax_nnx`` (``jax2onnx.to_onnx`` of an
-``nnx.BatchNorm`` with ``use_running_average=True``). The meta holds ``source_untouched``,
-``source_changes`` and ``trainable_source``, plus the exporter's versions.
+``nnx.BatchNorm`` with ``use_running_average=True``). The meta holds ``source_changes`` and
+``trainable_source`` (:data:`SOURCE_CHECKS`, the source's half of the conversion checks), plus the
+exporter's versions.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any
 
 from bnspec.case import Case
 from bnspec.errors import FrameworkError
+
+# What the source's interpreter checks: what changed in the source, its trainable parameters.
+SOURCE_CHECKS = ("source_changes", "trainable_source")
 
 
 def export_onnx(python: str, kind: str, case: Case, timeout: float = 600.0) -> tuple[Any, dict[str, Any]]:
@@ -59,13 +63,13 @@ def _torch(case: Case, out: str) -> dict[str, Any]:
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (src.example_input(case, case.steps[0].x),), buffer,
+        # The TorchScript exporter writes to a file object too; its annotation says paths only.
+        torch.onnx.export(module, (src.example_input(case, case.steps[0].x),), buffer,  # type: ignore[arg-type]
                           dynamo=False, training=torch.onnx.TrainingMode.EVAL,
                           input_names=["input"], output_names=["output"], opset_version=17)
     Path(out).write_bytes(buffer.getvalue())
-    changed = src.changes(module, before)
-    return {"torch": torch.__version__, "source_untouched": not changed,
-            "source_changes": changed, "trainable_source": src.trainable(module)}
+    return {"torch": torch.__version__, "source_changes": src.changes(module, before),
+            "trainable_source": src.trainable(module)}
 
 
 def _flax_nnx(case: Case, out: str) -> dict[str, Any]:
@@ -77,17 +81,17 @@ def _flax_nnx(case: Case, out: str) -> dict[str, Any]:
     from jax2onnx import to_onnx
 
     from bnspec.adapter import channels_last
-    from bnspec.adapters.converters.jax2onnx import _arrays, _changed, _sizes, nnx_source
+    from bnspec.adapters.converters import _flax_source as src
 
     logging.getLogger().setLevel(logging.ERROR)
-    model = nnx_source(case, use_running_average=True)
-    before = _arrays(nnx.state(model))
+    model = src.nnx_source(case, use_running_average=True)
+    before = src.arrays(nnx.state(model))
     shape = tuple(np.shape(channels_last(case.steps[0].x, case.rank)))
     onnx_model = to_onnx(model, [shape])
     Path(out).write_bytes(onnx_model.SerializeToString())
-    changed = _changed(before, _arrays(nnx.state(model)))
-    return {"jax2onnx": metadata.version("jax2onnx"), "source_untouched": not changed,
-            "source_changes": changed, "trainable_source": _sizes(nnx.state(model, nnx.Param))}
+    return {"jax2onnx": metadata.version("jax2onnx"),
+            "source_changes": src.changes(before, src.arrays(nnx.state(model))),
+            "trainable_source": src.sizes(nnx.state(model, nnx.Param))}
 
 
 def main(argv: list[str]) -> int:

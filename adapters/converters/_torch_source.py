@@ -13,7 +13,7 @@ from bnspec.case import Case
 def source_module(case: Case) -> Any:
     from bnspec.adapters.torch import TORCH_MODULE
 
-    return TORCH_MODULE._module(case)
+    return TORCH_MODULE.build_module(case)
 
 
 def snapshot(module: Any) -> dict[str, Any]:
@@ -50,16 +50,3 @@ def example_input(case: Case, x: np.ndarray) -> Any:
     import torch
 
     return torch.from_numpy(np.array(x, dtype=np.float64)).to(getattr(torch, case.dtype))
-
-
-def conversion_meta(case: Case, module: Any, before: dict[str, Any],
-                    converted_trainable: dict[str, int]) -> dict[str, Any]:
-    source_trainable = trainable(module)
-    changed = changes(module, before)
-    return {
-        "source_untouched": not changed,
-        "source_changes": changed,
-        "trainable_source": source_trainable,
-        "trainable_converted": converted_trainable,
-        "trainable_match": sum(source_trainable.values()) == sum(converted_trainable.values()),
-    }

@@ -22,14 +22,17 @@ from typing import Any, Literal
 import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
+from bnspec.adapters.converters import _flax_source as src
 from bnspec.adapters.converters._common import (
     ConverterAdapter,
     canonical_momentum,
     capabilities,
+    conversion_checks,
     hyperparameters_preserved,
     ort_session,
     read_batchnorm,
     run_onnx_plan,
+    state_matches,
     trainable_initializers,
 )
 from bnspec.case import Case, Result, StepResult
@@ -40,43 +43,6 @@ _NOTES = (
     "and always tracks running statistics."
 )
 
-
-def _sizes(tree: Any) -> dict[str, int]:
-    import jax
-
-    leaves = jax.tree_util.tree_leaves_with_path(tree)
-    return {jax.tree_util.keystr(k): int(np.size(v)) for k, v in leaves}
-
-
-def _arrays(tree: Any) -> dict[str, np.ndarray]:
-    import jax
-
-    return {jax.tree_util.keystr(k): np.array(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> list[str]:
-    return sorted(k for k in set(before) | set(after)
-                  if k not in before or k not in after
-                  or before[k].tobytes() != after[k].tobytes() or before[k].dtype != after[k].dtype)
-
-
-
-def nnx_source(case: Case, *, use_running_average: bool) -> Any:
-    """The source layer: flax.nnx.BatchNorm with the case's hyperparameters, parameters and
-    running statistics (float32, the dtype nnx creates them in)."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    assert case.momentum is not None
-    model = nnx.BatchNorm(case.num_features, use_running_average=use_running_average, axis=-1,
-                          momentum=1.0 - case.momentum, epsilon=case.eps, param_dtype=jnp.float32,
-                          use_bias=case.affine, use_scale=case.affine, rngs=nnx.Rngs(0))
-    model.mean[...] = jnp.asarray(case.running_mean, jnp.float32)
-    model.var[...] = jnp.asarray(case.running_var, jnp.float32)
-    if case.affine:
-        model.scale[...] = jnp.asarray(case.gamma, jnp.float32)
-        model.bias[...] = jnp.asarray(case.beta, jnp.float32)
-    return model
 
 @dataclass
 class Jax2OnnxAdapter(ConverterAdapter):
@@ -104,8 +70,8 @@ class Jax2OnnxAdapter(ConverterAdapter):
         from flax import nnx
         from jax2onnx import to_onnx
 
-        model = nnx_source(case, use_running_average=False)
-        before = _arrays(nnx.state(model))
+        model = src.nnx_source(case, use_running_average=False)
+        before = src.arrays(nnx.state(model))
         artifacts: dict[tuple[str, tuple[int, ...]], Any] = {}
 
         def artifact(mode: str, shape: tuple[int, ...]) -> Any:
@@ -118,16 +84,17 @@ class Jax2OnnxAdapter(ConverterAdapter):
             return artifacts[mode, shape]
 
         steps = run_onnx_plan(case, artifact, layout="channels_last")
-        meta = self._meta(case, artifacts)
-        meta["source_untouched"] = not (changed := _changed(before, _arrays(nnx.state(model))))
-        meta["source_changes"] = changed
-        meta["trainable_source"] = _sizes(nnx.state(model, nnx.Param))
-        converted = next(iter(artifacts.values()))
-        # affine=False: jax2onnx writes default ones/zeros as initializers; counted as they are.
-        meta["trainable_converted"] = trainable_initializers(converted)
-        meta["trainable_match"] = (sum(meta["trainable_source"].values())
-                                   == sum(meta["trainable_converted"].values()))
-        return Result(steps, meta)
+        converted, hyperparameters = self._converted(case, artifacts)
+        first = next(iter(artifacts.values()))
+        running = read_batchnorm(first).running
+        checks = conversion_checks(
+            converted=converted, hyperparameters_preserved=hyperparameters,
+            state_preserved=None if running is None else state_matches(case, running, np.float32),
+            source_changes=src.changes(before, src.arrays(nnx.state(model))),
+            trainable_source=src.sizes(nnx.state(model, nnx.Param)),
+            # affine=False: jax2onnx writes default ones/zeros as initializers; counted as they are.
+            trainable_converted=trainable_initializers(first))
+        return Result(steps, self._meta(), checks)
 
     def _run_linen(self, case: Case) -> Result:
         import flax.linen as nn
@@ -145,7 +112,7 @@ class Jax2OnnxAdapter(ConverterAdapter):
         if case.affine:
             params = {"scale": jnp.asarray(case.gamma, jnp.float32),
                       "bias": jnp.asarray(case.beta, jnp.float32)}
-        before = _arrays(params)
+        before = src.arrays(params)
         c = case.num_features
 
         def train(x: Any, mean: Any, var: Any) -> Any:
@@ -179,48 +146,42 @@ class Jax2OnnxAdapter(ConverterAdapter):
                 y=channels_first(np.asarray(y, np.float64), case.rank), y_dtype=str(y.dtype),
                 running_mean=np.asarray(mean, np.float64).copy(),
                 running_var=np.asarray(var, np.float64).copy(), running_dtype=str(mean.dtype)))
-        meta = self._meta(case, artifacts)
-        meta["source_untouched"] = not (changed := _changed(before, _arrays(params)))
-        meta["source_changes"] = changed
-        meta["trainable_source"] = _sizes(params)
-        meta["trainable_converted"] = trainable_initializers(next(iter(artifacts.values())))
-        meta["trainable_match"] = (sum(meta["trainable_source"].values())
-                                   == sum(meta["trainable_converted"].values()))
-        meta["state_preserved"] = True  # the statistics are graph inputs, fed from the case
-        return Result(out, meta)
+        converted, hyperparameters = self._converted(case, artifacts)
+        checks = conversion_checks(
+            converted=converted, hyperparameters_preserved=hyperparameters,
+            state_preserved=True,  # the statistics are graph inputs, fed from the case
+            source_changes=src.changes(before, src.arrays(params)), trainable_source=src.sizes(params),
+            trainable_converted=trainable_initializers(next(iter(artifacts.values()))))
+        return Result(out, self._meta(), checks)
 
-    def _meta(self, case: Case, artifacts: dict[tuple[str, tuple[int, ...]], Any]) -> dict[str, Any]:
+    @staticmethod
+    def _meta() -> dict[str, Any]:
         from importlib import metadata
 
         import jax
 
-        meta: dict[str, Any] = {"jax": jax.__version__, "jax2onnx": metadata.version("jax2onnx")}
-        converted = {}
+        return {"jax": jax.__version__, "jax2onnx": metadata.version("jax2onnx")}
+
+    @staticmethod
+    def _converted(case: Case, artifacts: dict[tuple[str, tuple[int, ...]], Any]) -> tuple[dict[str, Any], bool]:
+        """What each mode's artifact holds, and whether its eps and momentum are the source's."""
+        converted: dict[str, Any] = {}
         for (mode, _), model in artifacts.items():
             converted[mode] = read_batchnorm(model).describe()
             converted[mode]["graph_outputs"] = [o.name for o in model.graph.output]
             converted[mode]["graph_inputs"] = [i.name for i in model.graph.input]
-        meta["converted"] = converted
-        meta["hyperparameters_preserved"] = all(
-            hyperparameters_preserved(case, c["eps"], canonical_momentum(c["onnx_momentum"]))
-            for c in converted.values())
-        first = read_batchnorm(next(iter(artifacts.values())))
-        if first.has_state:
-            assert first.running_mean is not None and first.running_var is not None
-            meta["state_preserved"] = bool(
-                (first.running_mean == case.running_mean.astype(np.float32)).all()
-                and (first.running_var == case.running_var.astype(np.float32)).all())
-        return meta
+        return converted, all(hyperparameters_preserved(case, c["eps"], canonical_momentum(c["onnx_momentum"]))
+                              for c in converted.values())
 
 
 FLAX_NNX_JAX2ONNX = Jax2OnnxAdapter(
-    name="flax_nnx_jax2onnx", framework="jax2onnx", profile="flax_nnx", converter="jax2onnx",
+    name="flax_nnx_jax2onnx", framework="jax2onnx", profile="flax_nnx",
     family="jax2onnx", api="nnx",
     description="flax.nnx.BatchNorm -> jax2onnx.to_onnx (module in the step's mode) -> "
     "ONNX Runtime (envs/jax2onnx)",
 )
 FLAX_LINEN_JAX2ONNX = Jax2OnnxAdapter(
-    name="flax_linen_jax2onnx", framework="jax2onnx", profile="flax_linen", converter="jax2onnx",
+    name="flax_linen_jax2onnx", framework="jax2onnx", profile="flax_linen",
     family="jax2onnx", api="linen",
     description="flax.linen.BatchNorm train/eval functions (statistics in, updated statistics "
     "out) -> jax2onnx.to_onnx -> ONNX Runtime (envs/jax2onnx)",

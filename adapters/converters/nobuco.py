@@ -23,7 +23,14 @@ import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
 from bnspec.adapters.converters import _torch_source as src
-from bnspec.adapters.converters._common import ConverterAdapter, capabilities, env_python, hyperparameters_preserved
+from bnspec.adapters.converters._common import (
+    ConverterAdapter,
+    capabilities,
+    conversion_checks,
+    env_python,
+    hyperparameters_preserved,
+    state_matches,
+)
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import FrameworkError, UnsupportedFeature
 from bnspec.worker import DEFAULT_ENV
@@ -122,18 +129,14 @@ class NobucoAdapter(ConverterAdapter):
             raise UnsupportedFeature(f"the converted model holds {len(layers)} BatchNormalization "
                                      f"layers ({[type(lay).__name__ for lay in converted.layers]})")
         bn = layers[0]
-        momentum = None if bn.momentum is None else 1.0 - float(bn.momentum)
-        meta["converted"] = {
+        momentum = 1.0 - float(bn.momentum)  # Keras weighs the running statistic
+        converted_bn = {
             "layer": type(bn).__name__, "axis": bn.axis, "eps": float(bn.epsilon),
             "momentum": momentum, "keras_momentum": float(bn.momentum),
             "center": bn.center, "scale": bn.scale,
         }
-        meta["hyperparameters_preserved"] = hyperparameters_preserved(case, float(bn.epsilon),
-                                                                      momentum)
         initial = (np.array(bn.moving_mean.numpy()), np.array(bn.moving_variance.numpy()))
-        meta["state_preserved"] = (not case.track_running_stats) or bool(
-            (initial[0] == case.running_mean.astype(np.float32)).all()
-            and (initial[1] == case.running_var.astype(np.float32)).all())
+        state_preserved = (not case.track_running_stats) or state_matches(case, initial, np.float32)
         out: list[StepResult] = []
         for step in case.steps:
             x = np.asarray(channels_last(step.x, case.rank), np.float32)
@@ -144,9 +147,13 @@ class NobucoAdapter(ConverterAdapter):
                 res.running_var = np.array(bn.moving_variance.numpy(), np.float64)
                 res.running_dtype = bn.moving_mean.dtype.name
             out.append(res)
-        meta.update(src.conversion_meta(case, module, before, {
-            w.name: int(np.prod(w.shape)) for w in converted.trainable_weights}))
-        return Result(out, meta)
+        checks = conversion_checks(
+            converted=converted_bn,
+            hyperparameters_preserved=hyperparameters_preserved(case, float(bn.epsilon), momentum),
+            state_preserved=state_preserved, source_changes=src.changes(module, before),
+            trainable_source=src.trainable(module),
+            trainable_converted={w.name: int(np.prod(w.shape)) for w in converted.trainable_weights})
+        return Result(out, meta, checks)
 
 
 def main() -> int:
@@ -167,7 +174,7 @@ def main() -> int:
 
 
 TORCH_NOBUCO = NobucoAdapter(
-    name="torch_nobuco", framework="nobuco", profile="pytorch", converter="nobuco",
+    name="torch_nobuco", framework="nobuco", profile="pytorch",
     extra_frameworks=(),
     description="torch.nn.BatchNorm -> nobuco.pytorch_to_keras -> Keras 2.15 (TensorFlow 2.15), "
     "trained and evaluated in Keras (envs/nobuco)",

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
-from bnspec.adapters.converters._common import REPO, ConverterAdapter, capabilities, read_batchnorm
+from bnspec.adapters.converters._common import REPO, ConverterAdapter, capabilities, conversion_checks, read_batchnorm
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import FrameworkError
 
@@ -114,26 +114,18 @@ class Onnx2TfAdapter(ConverterAdapter):
                 res.running_dtype = stateful.moving_mean.dtype.name
             out.append(res)
         converted = _describe(model)
-        meta["converted"] = converted
         meta["state_readable"] = converted["has_state"]
-        # eps and the running statistics are folded into the Mul/Add constants and momentum has
-        # nowhere to live: neither is readable as such (the folded constants are checked below).
-        meta["hyperparameters_preserved"] = None
-        meta["state_preserved"] = None
         meta["folded_constants_match"] = _folded_match(case, converted)
         # Against the exported graph's own eps and statistics: a mismatch above that vanishes
         # here is the export's (ONNX attributes are float32), not onnx2tf's.
-        meta["folded_constants_match_onnx"] = _folded_match(
-            case, converted, exported.eps,
-            (exported.running_mean, exported.running_var) if exported.has_state else None)
-        meta["source_untouched"] = source_meta["source_untouched"]
-        meta["source_changes"] = source_meta["source_changes"]
-        meta["trainable_source"] = source_meta["trainable_source"]
-        meta["trainable_converted"] = {w.name: int(np.prod(w.shape))
-                                       for w in model.trainable_weights}
-        meta["trainable_match"] = (sum(meta["trainable_source"].values())
-                                   == sum(meta["trainable_converted"].values()))
-        return Result(out, meta)
+        meta["folded_constants_match_onnx"] = _folded_match(case, converted, exported.eps, exported.running)
+        checks = conversion_checks(
+            # eps and the running statistics are folded into the Mul/Add constants and momentum
+            # has nowhere to live: neither is readable as such (the folded constants are, above).
+            converted=converted, hyperparameters_preserved=None, state_preserved=None,
+            source_changes=source_meta["source_changes"], trainable_source=source_meta["trainable_source"],
+            trainable_converted={w.name: int(np.prod(w.shape)) for w in model.trainable_weights})
+        return Result(out, meta, checks)
 
 
 def _convert(onnx_model: Any) -> tuple[Any, list[str]]:
@@ -249,7 +241,7 @@ def _folded_match(case: Case, converted: dict[str, Any], eps: float | None = Non
 
 
 TORCH_ONNX_ONNX2TF = Onnx2TfAdapter(
-    name="torch_onnx_onnx2tf", framework="onnx2tf", profile="pytorch", converter="onnx2tf",
+    name="torch_onnx_onnx2tf", framework="onnx2tf", profile="pytorch",
     family="onnx2tf", extra_frameworks=("tensorflow-cpu", "tf-keras"),
     description="torch.nn.BatchNorm -> torch.onnx.export(dynamo=False, EVAL; main environment) "
     "-> onnx2tf (tf_converter back end) -> TensorFlow, trained and evaluated in TensorFlow "

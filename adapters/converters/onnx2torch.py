@@ -19,7 +19,14 @@ import numpy as np
 
 from bnspec.adapter import Capabilities
 from bnspec.adapters.converters import _torch_source as src
-from bnspec.adapters.converters._common import ConverterAdapter, capabilities, hyperparameters_preserved, read_batchnorm
+from bnspec.adapters.converters._common import (
+    ConverterAdapter,
+    capabilities,
+    conversion_checks,
+    hyperparameters_preserved,
+    read_batchnorm,
+    state_matches,
+)
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import UnsupportedFeature
 
@@ -27,12 +34,6 @@ _NOTES = (
     "source: torch.nn.BatchNorm1d/2d/3d; torch.onnx.export(dynamo=False, training=EVAL), then "
     "onnx2torch.convert; the converted module is trained/evaluated in torch (envs/torchvision)."
 )
-
-
-def _numpy(t: Any) -> np.ndarray:
-    import torch
-
-    return t.detach().to(torch.float64).cpu().numpy().copy()
 
 
 @dataclass
@@ -61,45 +62,42 @@ class Onnx2TorchAdapter(ConverterAdapter):
         buffer = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (x0,), buffer, dynamo=False,
+            # The TorchScript exporter writes to a file object too; its annotation says paths only.
+            torch.onnx.export(module, (x0,), buffer, dynamo=False,  # type: ignore[arg-type]
                               training=torch.onnx.TrainingMode.EVAL, input_names=["input"],
                               output_names=["output"], opset_version=self.opset)
         model = onnx.load_from_string(buffer.getvalue())
         exported = read_batchnorm(model)
         converted = onnx2torch.convert(model)
         meta: dict[str, Any] = {"torch": torch.__version__, "onnx": exported.describe()}
-        bn, captured = _batchnorm(converted)
-        eps = float(getattr(bn, "eps", getattr(bn, "epsilon", float("nan"))))
-        momentum = getattr(bn, "momentum", None)
-        meta["converted"] = {
-            "module": type(bn).__name__, "eps": eps, "momentum": momentum,
-            "track_running_stats": getattr(bn, "track_running_stats", None),
-            "affine": getattr(bn, "affine", None),
-        }
-        meta["hyperparameters_preserved"] = hyperparameters_preserved(case, eps, momentum)
+        bn, captured = find_batchnorm(converted)
+        described = describe_batchnorm(bn)
         out: list[StepResult] = []
         for step in case.steps:
             converted.train(step.mode == "train")
             with torch.no_grad():
                 y = converted(src.example_input(case, step.x))
-            res = StepResult(y=_numpy(y), y_dtype=str(y.dtype).removeprefix("torch."))
-            stats = _running(bn, captured)
+            res = StepResult(y=to_numpy(y), y_dtype=str(y.dtype).removeprefix("torch."))
+            stats = running_statistics(bn, captured)
             if stats is not None and case.track_running_stats:
-                res.running_mean, res.running_var = _numpy(stats[0]), _numpy(stats[1])
+                res.running_mean, res.running_var = to_numpy(stats[0]), to_numpy(stats[1])
                 res.running_dtype = str(stats[0].dtype).removeprefix("torch.")
             out.append(res)
-        initial = _initial_running(bn, captured, exported)
-        meta["state_preserved"] = (not case.track_running_stats) or (
-            initial is not None
-            and bool((initial[0] == case.running_mean.astype(initial[0].dtype)).all())
-            and bool((initial[1] == case.running_var.astype(initial[1].dtype)).all())
-        )
-        meta.update(src.conversion_meta(case, module, before, src.trainable(converted)))
         meta["converted_buffers"] = {n: int(b.numel()) for n, b in converted.named_buffers()}
-        return Result(out, meta)
+        # The initial state is read from the ONNX artifact: the converted module starts from it
+        # (its own buffers have moved by now).
+        checks = conversion_checks(
+            converted=described,
+            hyperparameters_preserved=hyperparameters_preserved(case, described["eps"], described["momentum"]),
+            state_preserved=(not case.track_running_stats) or state_matches(case, exported.running),
+            source_changes=src.changes(module, before), trainable_source=src.trainable(module),
+            trainable_converted=src.trainable(converted))
+        return Result(out, meta, checks)
 
 
-def _batchnorm(converted: Any) -> tuple[Any, dict[str, Any]]:
+# -- the target side, shared with the paths that end in onnx2torch --------------------------
+
+def find_batchnorm(converted: Any) -> tuple[Any, dict[str, Any]]:
     """The converted BatchNorm, and (for the functional kind) the tensors it was last given."""
     import torch
 
@@ -117,7 +115,21 @@ def _batchnorm(converted: Any) -> tuple[Any, dict[str, Any]]:
     return bn, captured
 
 
-def _running(bn: Any, captured: dict[str, Any]) -> tuple[Any, Any] | None:
+def describe_batchnorm(bn: Any) -> dict[str, Any]:
+    """What the converted BatchNorm holds: its kind, eps and canonical momentum (torch's own
+    convention), whether it tracks statistics and has affine parameters (None: not an attribute
+    of the functional kind)."""
+    return {
+        "module": type(bn).__name__,
+        "eps": float(getattr(bn, "eps", getattr(bn, "epsilon", float("nan")))),
+        "momentum": getattr(bn, "momentum", None),
+        "track_running_stats": getattr(bn, "track_running_stats", None),
+        "affine": getattr(bn, "affine", None),
+    }
+
+
+def running_statistics(bn: Any, captured: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The converted BatchNorm's running statistics now (tensors), where it has any."""
     if "running" in captured:
         return captured["running"]
     if getattr(bn, "running_mean", None) is not None:
@@ -125,23 +137,21 @@ def _running(bn: Any, captured: dict[str, Any]) -> tuple[Any, Any] | None:
     return None
 
 
-def _initial_running(bn: Any, captured: dict[str, Any], exported: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    # Read before any step from the ONNX artifact: the converted module starts from it (the
-    # module's own buffers have moved by now).
-    if exported.has_state:
-        return exported.running_mean, exported.running_var
-    return None
+def to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    return t.detach().to(torch.float64).cpu().numpy().copy()
 
 
 TORCH_ONNX_ONNX2TORCH = Onnx2TorchAdapter(
-    name="torch_onnx_onnx2torch", framework="onnx2torch", profile="pytorch", converter="onnx2torch",
+    name="torch_onnx_onnx2torch", framework="onnx2torch", profile="pytorch",
     family="torchvision",
     description="torch.nn.BatchNorm -> torch.onnx.export(dynamo=False, EVAL) -> onnx2torch -> "
     "torch, trained and evaluated in torch (envs/torchvision)",
 )
 TORCH_ONNX_ONNX2TORCH_OPSET17 = Onnx2TorchAdapter(
     name="torch_onnx17_onnx2torch", framework="onnx2torch", profile="pytorch",
-    converter="onnx2torch", family="torchvision", opset=17,
+    family="torchvision", opset=17,
     description="as torch_onnx_onnx2torch, exported at opset 17 (onnx2torch 1.5 has no "
     "Constant-19 converter, which the default opset-20 export of affine=False uses)",
 )

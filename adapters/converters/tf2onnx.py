@@ -30,9 +30,11 @@ from bnspec.adapter import Capabilities, channels_last
 from bnspec.adapters.converters._common import (
     ConverterAdapter,
     capabilities,
+    conversion_checks,
     hyperparameters_preserved,
     read_batchnorm,
     run_onnx_plan,
+    state_matches,
     trainable_initializers,
 )
 from bnspec.case import Case, Result
@@ -55,6 +57,8 @@ class Tf2OnnxAdapter(ConverterAdapter):
         dtypes=("float32",), cumulative_momentum=False, untracked=False, frozen=True,
         notes=_NOTES))
     worker_env: dict[str, str] = field(default_factory=lambda: dict(_ENV))
+    # Keras 3 only: why from_keras failed, once it has (the eval export then falls back).
+    _from_keras_error: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def setup(self) -> None:
         import onnxruntime  # noqa: F401
@@ -63,7 +67,6 @@ class Tf2OnnxAdapter(ConverterAdapter):
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # its warnings are findings in meta
-        self._from_keras_error: str | None = None
 
     # -- the source --
     def _layer(self, case: Case) -> Any:
@@ -139,47 +142,37 @@ class Tf2OnnxAdapter(ConverterAdapter):
         steps = run_onnx_plan(case, artifact, layout="channels_last", frozen_aware=True)
         meta: dict[str, Any] = {"tensorflow": tf.__version__, "api": self.api,
                                 "exporters": exporters}
-        if getattr(self, "_from_keras_error", None) is not None and self.api == "keras3":
+        if self._from_keras_error is not None:
             meta["from_keras_error"] = self._from_keras_error
         infos = {}
+        converted: dict[str, Any] = {}
         for (mode, frozen, _), model in artifacts.items():
             info = read_batchnorm(model)
             label = "frozen" if frozen else mode
             infos[label] = info
-            meta.setdefault("converted", {})[label] = {
-                **info.describe(), "ops": sorted({n.op_type for n in model.graph.node})}
+            converted[label] = {**info.describe(), "ops": sorted({n.op_type for n in model.graph.node})}
         state_readable = all(i.nodes == 1 and i.has_state for i in infos.values())
         meta["state_readable"] = state_readable
-        if all(i.nodes == 1 for i in infos.values()):
-            meta["hyperparameters_preserved"] = all(
-                hyperparameters_preserved(case, c["eps"], c["momentum"])
-                for c in meta["converted"].values())
-        else:  # lowered to arithmetic: eps and momentum are not attributes any more
-            meta["hyperparameters_preserved"] = None
+        # None where the layer is lowered to arithmetic: eps and momentum are not attributes any more.
+        hyperparameters = (all(hyperparameters_preserved(case, c["eps"], c["momentum"]) for c in converted.values())
+                           if all(i.nodes == 1 for i in infos.values()) else None)
         first = next(iter(infos.values()))
-        if state_readable:
-            assert first.running_mean is not None and first.running_var is not None
-            meta["state_preserved"] = bool(
-                (first.running_mean == case.running_mean.astype(np.float32)).all()
-                and (first.running_var == case.running_var.astype(np.float32)).all())
-        else:
-            meta["state_preserved"] = None
         changed = sorted(k for k, v in self._weights(layer).items()
                          if k not in before or before[k].tobytes() != v.tobytes())
         if layer.trainable != trainable_before:
             changed.append("<trainable>")
-        meta["source_untouched"] = not changed
-        meta["source_changes"] = changed
-        meta["trainable_source"] = {w.path if hasattr(w, "path") else w.name: int(np.prod(w.shape))
-                                    for w in layer.trainable_weights}
         eval_models = [m for (mode, _, _), m in artifacts.items() if mode == "eval"]
-        converted = eval_models[0] if eval_models else next(iter(artifacts.values()))
-        # A BatchNormalization's scale/B initializers are what a training runtime would train;
-        # folded Mul/Add constants (gamma * rsqrt(var + eps)) are not gamma and beta any more.
-        meta["trainable_converted"] = trainable_initializers(converted)
-        meta["trainable_match"] = (sum(meta["trainable_source"].values())
-                                   == sum(meta["trainable_converted"].values()))
-        return Result(steps, meta)
+        converted_model = eval_models[0] if eval_models else next(iter(artifacts.values()))
+        checks = conversion_checks(
+            converted=converted, hyperparameters_preserved=hyperparameters,
+            state_preserved=state_matches(case, first.running, np.float32) if state_readable else None,
+            source_changes=changed,
+            trainable_source={w.path if hasattr(w, "path") else w.name: int(np.prod(w.shape))
+                              for w in layer.trainable_weights},
+            # A BatchNormalization's scale/B initializers are what a training runtime would train;
+            # folded Mul/Add constants (gamma * rsqrt(var + eps)) are not gamma and beta any more.
+            trainable_converted=trainable_initializers(converted_model))
+        return Result(steps, meta, checks)
 
     def _export_eval(self, layer: Any, shape: tuple[int, ...], export_function: Any,
                      exporters: dict[str, str]) -> Any:
@@ -200,13 +193,13 @@ class Tf2OnnxAdapter(ConverterAdapter):
 
 
 KERAS3_TF2ONNX = Tf2OnnxAdapter(
-    name="keras3_tf2onnx", framework="tf2onnx", profile="keras", converter="tf2onnx",
+    name="keras3_tf2onnx", framework="tf2onnx", profile="keras",
     family="tf2onnx", api="keras3", extra_frameworks=("keras", "tensorflow-cpu"),
     description="keras.layers.BatchNormalization (Keras 3, TensorFlow backend) -> tf2onnx "
     "(from_function; from_keras fails on Keras 3) -> ONNX Runtime (envs/tf2onnx)",
 )
 TF_KERAS_TF2ONNX = Tf2OnnxAdapter(
-    name="tf_keras_tf2onnx", framework="tf2onnx", profile="tf_keras_fused", converter="tf2onnx",
+    name="tf_keras_tf2onnx", framework="tf2onnx", profile="tf_keras_fused",
     family="tf2onnx", api="tf_keras", fused=True, extra_frameworks=("tf-keras", "tensorflow-cpu"),
     capabilities=capabilities(ranks=(4, 5), dtypes=("float32",), cumulative_momentum=False,
                               untracked=False, frozen=True, notes=_NOTES + " fused=True."),
@@ -215,7 +208,7 @@ TF_KERAS_TF2ONNX = Tf2OnnxAdapter(
 )
 TF_KERAS_NONFUSED_TF2ONNX = Tf2OnnxAdapter(
     name="tf_keras_nonfused_tf2onnx", framework="tf2onnx", profile="tf_keras_nonfused",
-    converter="tf2onnx", family="tf2onnx", api="tf_keras", fused=False,
+    family="tf2onnx", api="tf_keras", fused=False,
     extra_frameworks=("tf-keras", "tensorflow-cpu"),
     capabilities=capabilities(dtypes=("float32",), cumulative_momentum=False, untracked=False,
                               frozen=True, notes=_NOTES + " fused=False."),

@@ -25,9 +25,11 @@ from bnspec.adapters.converters import _torch_source as src
 from bnspec.adapters.converters._common import (
     ConverterAdapter,
     capabilities,
+    conversion_checks,
     hyperparameters_preserved,
     read_batchnorm,
     run_onnx_plan,
+    state_matches,
     trainable_initializers,
 )
 from bnspec.case import Case, Result
@@ -68,11 +70,13 @@ class TorchOnnxAdapter(ConverterAdapter):
                 program = torch.onnx.export(module, (x,), dynamo=True, verbose=False)
             finally:
                 module.train(was_training)
+            assert program is not None  # dynamo=True returns an ONNXProgram
             return program.model_proto
         training = (torch.onnx.TrainingMode.TRAINING if mode == "train" and self.training_artifact
                     else torch.onnx.TrainingMode.EVAL)
         buffer = io.BytesIO()
-        torch.onnx.export(module, (x,), buffer, dynamo=False, training=training,
+        # The TorchScript exporter writes to a file object too; its annotation says paths only.
+        torch.onnx.export(module, (x,), buffer, dynamo=False, training=training,  # type: ignore[arg-type]
                           input_names=["input"], output_names=["output"])
         return onnx.load_from_string(buffer.getvalue())
 
@@ -97,43 +101,41 @@ class TorchOnnxAdapter(ConverterAdapter):
 
         steps = run_onnx_plan(case, artifact)
         meta: dict[str, Any] = {"torch": torch.__version__, "exporter": self.exporter}
-        for kind, model in sorted(artifacts.items(), key=lambda kv: kv[0][0]):
-            info = read_batchnorm(model)
-            meta.setdefault("converted", {})[kind[0]] = info.describe()
-            if kind[0] == "eval" or "trainable" not in meta:
-                meta["trainable"] = trainable_initializers(model)
+        converted: dict[str, Any] = {}
+        trainable: dict[str, int] | None = None  # the eval artifact's, else the first train one's
+        for (mode, _), model in sorted(artifacts.items(), key=lambda kv: kv[0][0]):
+            converted[mode] = read_batchnorm(model).describe()
+            if mode == "eval" or trainable is None:
+                trainable = trainable_initializers(model)
+        assert trainable is not None  # the plan has a step, so an artifact
         first = read_batchnorm(artifact(case.steps[0].mode, tuple(case.steps[0].x.shape)))
-        meta["hyperparameters_preserved"] = all(
-            hyperparameters_preserved(case, c["eps"], c["momentum"])
-            for c in meta["converted"].values()
-        )
-        meta["state_preserved"] = (not case.track_running_stats) or (
-            first.has_state
-            and bool((first.running_mean == case.running_mean.astype(first.running_mean.dtype)).all())
-            and bool((first.running_var == case.running_var.astype(first.running_var.dtype)).all())
-        )
-        if first.has_state and not meta["state_preserved"]:
-            assert first.running_mean is not None and first.running_var is not None
-            meta["converted_running_mean"] = first.running_mean.astype(float).tolist()
-            meta["converted_running_var"] = first.running_var.astype(float).tolist()
-        meta.update(src.conversion_meta(case, module, before, meta.pop("trainable")))
-        return Result(steps, meta)
+        state_preserved = (not case.track_running_stats) or state_matches(case, first.running)
+        if first.running is not None and not state_preserved:
+            meta["converted_running_mean"] = first.running[0].astype(float).tolist()
+            meta["converted_running_var"] = first.running[1].astype(float).tolist()
+        checks = conversion_checks(
+            converted=converted,
+            hyperparameters_preserved=all(hyperparameters_preserved(case, c["eps"], c["momentum"])
+                                          for c in converted.values()),
+            state_preserved=state_preserved, source_changes=src.changes(module, before),
+            trainable_source=src.trainable(module), trainable_converted=trainable)
+        return Result(steps, meta, checks)
 
 
 TORCH_ONNX_TS_EVAL = TorchOnnxAdapter(
-    name="torch_onnx_ts_eval", framework="torch", profile="pytorch", converter="torch",
+    name="torch_onnx_ts_eval", framework="torch", profile="pytorch",
     extra_frameworks=("onnx", "onnxruntime"),
     description="torch.nn.BatchNorm -> torch.onnx.export(dynamo=False, training=EVAL) -> "
     "ONNX Runtime; train steps run on the inference graph",
 )
 TORCH_ONNX_TS_TRAINING = TorchOnnxAdapter(
-    name="torch_onnx_ts_training", framework="torch", profile="pytorch", converter="torch",
+    name="torch_onnx_ts_training", framework="torch", profile="pytorch",
     training_artifact=True, extra_frameworks=("onnx", "onnxruntime"),
     description="torch.nn.BatchNorm -> torch.onnx.export(dynamo=False, training=TRAINING for "
     "train steps, EVAL for eval steps) -> ONNX Runtime with the running statistics carried",
 )
 TORCH_ONNX_DYNAMO = TorchOnnxAdapter(
-    name="torch_onnx_dynamo", framework="torch", profile="pytorch", converter="torch",
+    name="torch_onnx_dynamo", framework="torch", profile="pytorch",
     exporter="dynamo", training_artifact=True,
     extra_frameworks=("onnx", "onnxruntime", "onnxscript"),
     description="torch.nn.BatchNorm -> torch.onnx.export(dynamo=True; module in the step's "
