@@ -1,16 +1,21 @@
-"""Each profile pins its documented knob values (the ones users trip over), and cites every knob."""
+"""Each built-in profile pins its documented knob values (the ones users trip over), and cites every
+knob (third-party profiles, validated the same way: tests/test_open_profiles.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bnspec.profiles import PROFILES, get_semantics
+from bnspec.profiles import builtin_profiles, get_semantics
 from bnspec.semantics import KNOBS
 
+PROFILES = builtin_profiles()  # not the installed third-party ones
+
 PINNED = {
-    "pytorch": dict(eps=1e-5, momentum=0.1, momentum_weights="batch", running_var_update="unbiased", single_value="error"),
+    "pytorch": dict(eps=1e-5, momentum=0.1, momentum_weights="batch", running_var_update="unbiased",
+                    single_value="error"),
     "pytorch_cumulative": dict(momentum=None, running_var_update="unbiased"),
-    "keras": dict(eps=1e-3, momentum=0.99, momentum_weights="running", running_var_update="biased", frozen_train_stats="running"),
+    "keras": dict(eps=1e-3, momentum=0.99, momentum_weights="running", running_var_update="biased",
+                  frozen_train_stats="running"),
     "keras_jax": dict(compute_dtype="float32", running_var_update="biased"),
     "keras_torch": dict(variance_algorithm="one_pass", compute_dtype="float32"),
     "tf_keras_fused": dict(running_var_update="unbiased", eps_floor=None, frozen_train_stats="running"),
@@ -48,5 +53,6 @@ def test_profile_cites_a_source_for_every_knob(name):
 def test_invalid_knob_value_names_the_knob_the_value_and_the_alternatives():
     from bnspec.errors import InvalidSemantics
 
-    with pytest.raises(InvalidSemantics, match=r"knob eps_placement='in' is invalid; allowed: 'inside_sqrt' \| 'outside_sqrt'"):
+    allowed = r"allowed: 'inside_sqrt' \| 'outside_sqrt'"
+    with pytest.raises(InvalidSemantics, match=r"knob eps_placement='in' is invalid; " + allowed):
         get_semantics("pytorch").replace(eps_placement="in")
