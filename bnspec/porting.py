@@ -143,14 +143,14 @@ _WIDTH = 100
 
 
 def _cite_lines(cites: tuple[Citation, ...], heading_knob: str, indent: str = "      ") -> list[str]:
-    """One wrapped line per citation: ``pytorch: <source>``, or ``pytorch momentum_weights:
-    <source>`` for a knob other than the one the entry is about."""
-    labels = [c.profile if c.knob == heading_knob else f"{c.profile} {c.knob}" for c in cites]
-    width = max(len(label) for label in labels) + 2
+    """One wrapped line per citation, ``pytorch: <source>``; a knob other than the one the entry
+    is about is named first: ``pytorch: [momentum_weights] <source>``."""
+    width = max(len(c.profile) for c in cites) + 2
     lines = []
-    for label, c in zip(labels, cites, strict=True):
-        first = f"{indent}{label + ':':<{width}}"
-        lines += textwrap.wrap(c.source, _WIDTH, initial_indent=first, subsequent_indent=" " * len(first),
+    for c in cites:
+        first = f"{indent}{c.profile + ':':<{width}}"
+        text = c.source if c.knob == heading_knob else f"[{c.knob}] {c.source}"
+        lines += textwrap.wrap(text, _WIDTH, initial_indent=first, subsequent_indent=" " * len(first),
                                break_long_words=False, break_on_hyphens=False) or [first]
     return lines
 
