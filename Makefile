@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # by envs/create.sh from envs/NAME/requirements.txt, constrained by the measured lock file.
 CONV_ENVS := $(foreach e,torchvision jax2onnx tf2onnx nobuco onnx2tf,envs/$(e)/.venv/.bnspec-setup)
 
-.PHONY: setup test report clean
+.PHONY: setup test lint mypy report clean
 
 setup: $(STAMP) $(CONV_ENVS)
 
@@ -35,6 +35,29 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+# Lint needs the main environment only (not the converter environments). Both tools run, and it
+# fails if either finds something.
+LINT_PATHS := bnspec adapters conformance tests benchmarks
+lint: $(STAMP)
+	status=0; $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
+	$(MAKE) --no-print-directory mypy || status=1; exit $$status
+
+# mypy checks bnspec, bnspec.adapters and bnspec.conformance under their import names, but the
+# last two are folders mapped by setuptools' package-dir (adapters/, conformance/), which mypy
+# cannot map. So a symlink tree build/mypy/bnspec is laid afresh (each entry of bnspec/, then
+# adapters/ and conformance/ as its subpackages), mypy runs in build/mypy (explicit_package_bases:
+# bnspec/... is the package), and its paths are mapped back to the checkout's folders. It uses
+# .venv as it is (no set-up step, so that the pre-commit hook stays quick): `make lint` sets up first.
+MYPY_TREE := build/mypy
+mypy:
+	rm -rf $(MYPY_TREE)/bnspec && mkdir -p $(MYPY_TREE)/bnspec
+	for e in bnspec/*; do test "$${e##*/}" = __pycache__ || ln -s "$(CURDIR)/$$e" $(MYPY_TREE)/bnspec/; done
+	ln -s "$(CURDIR)/adapters" $(MYPY_TREE)/bnspec/adapters
+	ln -s "$(CURDIR)/conformance" $(MYPY_TREE)/bnspec/conformance
+	cd $(MYPY_TREE) && { "$(CURDIR)/$(PY)" -m mypy --config-file "$(CURDIR)/pyproject.toml" bnspec \
+	  > mypy.out; status=$$?; sed -e 's#^bnspec/adapters/#adapters/#' \
+	  -e 's#^bnspec/conformance/#conformance/#' mypy.out; exit $$status; }
 
 report: setup
 	# Exit 1 means a framework does not conform to its declared profile: that is a finding, reported

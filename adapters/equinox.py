@@ -148,7 +148,7 @@ class EquinoxAdapter(Adapter):
             res.running_mean, res.running_var = _f64(mean), _f64(var)
             res.running_dtype = str(mean.dtype)
             out.append(res)
-        return Result(out, {"jax_enable_x64": bool(self._jax.config.jax_enable_x64),
+        return Result(out, {"jax_enable_x64": bool(self._jax.config.read("jax_enable_x64")),
                             "equinox_mode": self.mode})
 
     def check_supported(self, case: Case) -> None:

@@ -89,7 +89,7 @@ class FlaxAdapterBase(Adapter):
     def _meta(self) -> dict[str, Any]:
         import jax
 
-        return {"jax_enable_x64": bool(jax.config.jax_enable_x64), "jax_version": jax.__version__}
+        return {"jax_enable_x64": bool(jax.config.read("jax_enable_x64")), "jax_version": jax.__version__}
 
 
 @dataclass
@@ -215,6 +215,7 @@ class FlaxNnxAdapter(FlaxAdapterBase):
         model.mean[...] = jnp.asarray(case.running_mean, jnp.float32)
         model.var[...] = jnp.asarray(case.running_var, jnp.float32)
         if case.affine:
+            assert model.scale is not None and model.bias is not None  # use_scale, use_bias
             model.scale[...] = jnp.asarray(case.gamma, pdt)
             model.bias[...] = jnp.asarray(case.beta, pdt)
 

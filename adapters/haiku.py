@@ -126,14 +126,13 @@ class HaikuAdapter(Adapter):
                 return {k: v if k == "counter" else v.reshape(shape) for k, v in ema.items()}
 
             state = {f"{_NAME}/~/mean_ema": shaped(mean_ema), f"{_NAME}/~/var_ema": shaped(var_ema)}
-            params = {} if gamma is None else {
+            params = {} if gamma is None or beta is None else {
                 _NAME: {"scale": gamma.reshape(shape), "offset": beta.reshape(shape)}}
             training = step.mode == "train"
             if step.grad_output is None:
                 y, new_state = apply(params, state, None, x, training)
             else:
-                g = step.grad_output
-                g = jnp.asarray(channels_last(g, rank) if last else g, dt)
+                g = jnp.asarray(channels_last(step.grad_output, rank) if last else step.grad_output, dt)
                 y, new_state, dp, dx = apply_grad(params, state, x, g, training)
             res = StepResult(y=_canonical(y, rank, last), y_dtype=str(y.dtype))
             if step.grad_output is not None:
@@ -150,7 +149,7 @@ class HaikuAdapter(Adapter):
             res.running_var = np.asarray(var_ema["average"], np.float64)
             res.running_dtype = str(mean_ema["average"].dtype)
             out.append(res)
-        return Result(out, {"jax_enable_x64": bool(jax.config.jax_enable_x64),
+        return Result(out, {"jax_enable_x64": bool(jax.config.read("jax_enable_x64")),
                             "haiku_ema_counter": int(mean_ema["counter"])})
 
     def check_supported(self, case: Case) -> None:

@@ -61,7 +61,7 @@ class KerasAdapter(Adapter):
         elif self.backend == "jax":
             import jax
 
-            if not jax.config.jax_enable_x64:
+            if not jax.config.read("jax_enable_x64"):
                 raise RuntimeError("keras_jax needs JAX_ENABLE_X64=1 for float64 cases")
 
     # -- the one call --

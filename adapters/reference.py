@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from bnspec.adapter import Adapter, Capabilities
 from bnspec.case import Case, Result
-from bnspec.profiles import get_semantics
 from bnspec.reference import reference
 
 _ALL = Capabilities(
@@ -25,18 +24,19 @@ class ReferenceAdapter(Adapter):
 
     def run(self, case: Case) -> Result:
         self.check_supported(case)
-        semantics = get_semantics(self.profile)
+        profile = self.declared_profile()
+        semantics = profile.semantics
         if any(s.frozen for s in case.steps) and semantics.frozen_train_stats is None:
             from bnspec.errors import UnsupportedFeature
 
-            raise UnsupportedFeature(f"profile {self.profile} has no frozen layer")
+            raise UnsupportedFeature(f"profile {profile.name} has no frozen layer")
         return reference(case, semantics)
 
     def snippet(self, case: Case) -> str:
         return (
             "from bnspec.case import Case\nfrom bnspec.profiles import get_semantics\n"
             "from bnspec.reference import reference\n"
-            f"result = reference(case, get_semantics({self.profile!r}))"
+            f"result = reference(case, get_semantics({self.declared_profile().name!r}))"
         )
 
 

@@ -20,6 +20,8 @@ from bnspec.case import Case, ConversionChecks, Result, make_case
 from bnspec.discovery import load_adapter_ref
 from bnspec.errors import FrameworkError
 from bnspec.profiles import get_semantics
+from bnspec.records import Explanation
+from bnspec.semantics import Semantics
 from bnspec.tolerance import compare
 from tests.harness import run
 
@@ -68,6 +70,12 @@ def _conforms(case: Case, result: Result, semantics=PYTORCH) -> bool:  # type: i
 def _checks(result: Result) -> ConversionChecks:
     assert result.conversion is not None, "a conversion path reports its conversion checks"
     return result.conversion
+
+
+def _explained(case: Case, semantics: Semantics, result: Result) -> Explanation:
+    """The knob flips that explain the result, as an Explanation record (the alternatives
+    ``explain`` finds, in whichever form it gives them)."""
+    return Explanation.of(explain(case, semantics, Observation(result=result)))
 
 
 def _all_eval(case: Case) -> Case:
@@ -162,9 +170,9 @@ def test_ts_training_export_updates_running_var_with_the_biased_variance(variant
     result = run(TS_TRAINING, case)
     start = _from_converted_state(case, result)
     assert not _conforms(start, result)
-    assert explain(start, PYTORCH, Observation(result=result)) == [
+    assert _explained(start, PYTORCH, result) == Explanation.of([
         {"running_var_update": ("biased", "unbiased")}
-    ]
+    ])
 
 
 @_needs("torch", "onnx", "onnxruntime")
@@ -416,9 +424,9 @@ def test_nobuco_keras_model_of_features_updates_running_var_with_the_biased_vari
     case = _case(shape=(6, 3), modes=("train", "eval", "train", "eval"))
     result = run(NOBUCO, case)
     assert not _conforms(case, result)
-    assert explain(case, PYTORCH, Observation(result=result)) == [
+    assert _explained(case, PYTORCH, result) == Explanation.of([
         {"running_var_update": ("biased", "unbiased")}
-    ]
+    ])
     assert _checks(result).converted["keras_momentum"] == pytest.approx(0.9)
     assert _checks(result).hyperparameters_preserved and _checks(result).state_preserved
     assert _checks(result).source_untouched and _checks(result).trainable_match
@@ -444,9 +452,9 @@ def test_flax_to_torch_chain_trains_with_the_unbiased_running_var_of_torch(varia
     case = _case(shape=(6, 3), modes=("train", "eval", "train", "eval"), **VARIANTS[variant])  # type: ignore[arg-type]
     result = run(FLAX_ONNX2TORCH, case)
     flax_nnx = get_semantics("flax_nnx")
-    assert explain(case, flax_nnx, Observation(result=result)) == [
+    assert _explained(case, flax_nnx, result) == Explanation.of([
         {"running_var_update": ("unbiased", "biased")}
-    ]
+    ])
     assert _checks(result).converted["module"] == "BatchNorm1d"
     assert _checks(result).hyperparameters_preserved and _checks(result).state_preserved
     assert _checks(result).source_untouched
@@ -480,9 +488,9 @@ def test_onnx2tf_folds_the_batchnorm_into_constants_so_train_steps_run_as_eval_s
     result = run(ONNX2TF, case)
     assert not _conforms(case, result)
     assert _conforms(_all_eval(case), result)
-    assert explain(case, PYTORCH, Observation(result=result)) == [
+    assert _explained(case, PYTORCH, result) == Explanation.of([
         {"running_update": ("none", "ema"), "train_stats": ("running", "batch")}
-    ]
+    ])
     assert all(step.running_mean is None for step in result.steps)
     converted = _checks(result).converted
     assert converted["ops"] == ["multiply", "_add_dispatch"]
