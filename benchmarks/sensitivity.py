@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from bnspec.attribution import Observation, explain, judge  # noqa: E402
+from bnspec.attribution import explain  # noqa: E402
+from bnspec.judging import judge  # noqa: E402
+from bnspec.observe import observe  # noqa: E402
 from bnspec.properties import PROPERTIES, generate  # noqa: E402
-from bnspec.errors import SingleValueError, UnsupportedFeature  # noqa: E402
-from bnspec.profiles import get_semantics  # noqa: E402
 from tests.fixtures import bad_adapters as bad  # noqa: E402
 
 WRONG = ["EPS_OUTSIDE", "MOMENTUM_CONVENTION", "BIASED_RUNNING_VAR", "UNBIASED_NORMALIZE", "NO_DEBIAS",
@@ -33,23 +33,19 @@ EXAMPLES = 3  # the default budget of `bnspec run`
 
 
 def first_catch(adapter, seed: int) -> tuple[int | None, float, bool]:
-    declared = get_semantics(adapter.profile)
+    declared = adapter.declared_profile().semantics
     knob = next(iter(adapter.wrong))
     t0 = time.perf_counter()
     n = 0
     for index in range(EXAMPLES):
         for prop in PROPERTIES:
             case = generate(prop, seed, index)
-            try:
-                adapter.check_supported(case)
-                obs = Observation(result=adapter.run(case))
-            except UnsupportedFeature:
+            obs = observe(adapter, case)  # in process, reported as the worker reports it
+            if not obs.judgeable:
                 continue
-            except SingleValueError as exc:  # what the worker reports as the framework raising
-                obs = Observation(raised=str(exc))
             n += 1
             if not judge(case, declared, obs).ok:
-                named = any(knob in f for f in explain(case, declared, obs))
+                named = explain(case, declared, obs).flips(knob)
                 return n, time.perf_counter() - t0, named
     return None, time.perf_counter() - t0, False
 

@@ -130,11 +130,11 @@ def run(ctx: click.Context, adapters: str | None, adapter_paths: tuple[str, ...]
         properties: str | None, examples: int, seed: int, jobs: int, timeout: float, memory_limit: int,
         known_path: Path | None, shrink: bool, out: Path, resume_dir: Path | None) -> None:
     """Run the conformance properties; write results.jsonl, summary.json, report.md, report.html, junit.xml."""
-    from bnspec.properties import PROPERTIES
     from bnspec.engine import RunOptions
     from bnspec.engine import run as engine_run
     from bnspec.known import load as load_known
     from bnspec.profiles import get_profile
+    from bnspec.properties import PROPERTIES
     from bnspec.reports import write_all
 
     if examples < 1:
@@ -167,7 +167,7 @@ def run(ctx: click.Context, adapters: str | None, adapter_paths: tuple[str, ...]
     if not chosen:
         _fail("no adapter to run: install a framework or name one with --adapters / --adapter-path")
     for a in chosen:
-        get_profile(a.profile)
+        a.declared_profile()
     known = [] if known_path is not None and str(known_path) == "none" else load_known(known_path)
     opts = RunOptions(properties=props, examples=examples, seed=seed, baseline=baseline, jobs=jobs,
                       timeout=timeout, known=known, shrink=shrink, memory_limit_mb=memory_limit or None)

@@ -1,36 +1,34 @@
-"""The engine: every property's cases through every adapter's worker, judged and attributed,
-streamed to ``results.jsonl`` as they finish, then summarised.
-
-Two verdicts per adapter and case: *conformance* to the adapter's declared profile, and
-*divergence* from a baseline profile (a porting fact), each attributed to knobs.
+"""The run: every property's cases through every adapter's warm worker, judged and
+explained (:mod:`bnspec.judging`), streamed to ``results.jsonl`` as they finish, resumable,
+then summarised (:mod:`bnspec.summary`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bnspec.adapter import CONVERSION_CHECKS, Adapter, conversion_verdicts
-from bnspec.attribution import Observation, explain, format_explanation, judge
-from bnspec.case import Case, Result, StepResult
-from bnspec.errors import AdapterFailure, BnspecError, FrameworkError, SingleValueError, UnsupportedFeature
-from bnspec.known import KnownDivergence, find, vanished
+from bnspec.adapter import Adapter, conversion_verdicts
+from bnspec.attribution import Judgement, judge_observation
+from bnspec.case import Case
+from bnspec.errors import BnspecError
+from bnspec.known import KnownDivergence, find
+from bnspec.observe import observe
 from bnspec.profiles import get_semantics
-from bnspec.reference import reference
-from bnspec.semantics import KNOBS, Semantics
+from bnspec.properties import generate
+from bnspec.records import Observation, Record, Status, atomic_write, repro_id
+from bnspec.shrink import minimal_failing
+from bnspec.summary import summarize
 from bnspec.worker import Worker
 
-SCHEMA_VERSION = 1
+__all__ = ["RUN_FILE", "Record", "ResumeError", "RunOptions", "check_case", "load_records", "run", "stored_run"]
 
 
 @dataclass
@@ -51,217 +49,32 @@ class RunOptions:
                 "baseline": self.baseline}
 
 
-@dataclass
-class Record:
-    adapter: str
-    property: str
-    example: int
-    case_id: str
-    label: str
-    status: str  # pass | fail | not_applicable | failure
-    detail: str = ""
-    explained_by: list[str] = field(default_factory=list)
-    err_u: float | None = None
-    allowed_u: float | None = None
-    unit: str | None = None
-    baseline_agrees: bool | None = None
-    baseline_knobs: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    known: str | None = None  # the id of the known divergence this non-conformance is
-    conversion: dict[str, bool] = field(default_factory=dict)  # a conversion path's own checks
-    minimal_case_id: str | None = None  # the shrunk case that still fails the same way
-
-    def to_json(self) -> str:
-        d = dict(self.__dict__)
-        for k in ("err_u", "allowed_u"):
-            if isinstance(d[k], float) and (d[k] != d[k] or d[k] in (float("inf"), float("-inf"))):
-                d[k] = repr(d[k])
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, line: str) -> Record:
-        d = json.loads(line)
-        for k in ("err_u", "allowed_u"):
-            if isinstance(d.get(k), str):
-                d[k] = float(d[k])
-        return cls(**d)
-
-    @property
-    def bad(self) -> bool:
-        """A non-conformance that no known divergence accounts for."""
-        return self.status in ("fail", "failure") and self.known is None
-
-
-def _case(prop: str, seed: int, index: int) -> Case:
-    from bnspec.properties import generate
-
-    return generate(prop, seed, index)
-
-
-def check_case(
-    adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, prop: str, index: int
-) -> tuple[Record, Observation | None]:
-    """Run one case through one adapter and judge it: the record, and what the adapter returned
-    or raised (None where it gave nothing to judge; the shrinker starts from it)."""
-    rec = Record(adapter.name, prop, index, case.case_id(), case.label, "pass")
-    try:
-        adapter.check_supported(case)
-    except UnsupportedFeature as exc:
-        rec.status, rec.detail = "not_applicable", str(exc)
-        return rec, None
-    try:
-        worker.start()  # start-up is timed apart from the framework's calls
-    except AdapterFailure as exc:
-        rec.status, rec.detail = "failure", str(exc)
-        return rec, None
-    t0 = time.perf_counter()
-    obs = Observation()
-    try:
-        obs.result = worker.run(case, timeout=opts.timeout)
-        _check_shapes(case, obs.result)
-    except UnsupportedFeature as exc:
-        rec.status, rec.detail = "not_applicable", str(exc)
-        return rec, None
-    except (FrameworkError, SingleValueError) as exc:
-        obs.raised = str(exc)
-    except AdapterFailure as exc:
-        rec.status, rec.detail = "failure", str(exc)
-        rec.seconds = time.perf_counter() - t0
-        return rec, None
-    rec.seconds = time.perf_counter() - t0
+def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, prop: str,
+               index: int) -> tuple[Record, Observation, Judgement | None]:
+    """Run one case through one adapter and judge it: the record, what the adapter did, and the
+    judgement where it gave something to judge (the shrinker starts from both)."""
+    rec = Record(adapter.name, prop, index, case.case_id(), case.label, Status.CONFORMS)
+    obs = observe(worker, case, timeout=opts.timeout)
+    rec.seconds = obs.seconds
+    if obs.unsupported is not None:
+        rec.status, rec.detail = Status.NOT_APPLICABLE, obs.unsupported
+        return rec, obs, None
+    if obs.failure is not None:
+        rec.status, rec.detail, rec.failure = Status.FAILURE, str(obs.failure), obs.failure.kind
+        return rec, obs, None
     if obs.result is not None:
         rec.conversion = conversion_verdicts(obs.result)
-    declared = get_semantics(adapter.profile)
-    verdict = judge(case, declared, obs)
+    judgement = judge_observation(case, adapter.declared_profile().semantics, get_semantics(opts.baseline), obs)
+    verdict = judgement.verdict
     if verdict.comparison is not None:
         worst = verdict.comparison.worst()
         if worst is not None:
             rec.err_u, rec.allowed_u, rec.unit = worst.err_u, worst.allowed_u, worst.unit
     if not verdict.ok:
-        rec.status, rec.detail = "fail", verdict.note
-        rec.explained_by = [format_explanation([f]) for f in explain(case, declared, obs)]
-    baseline = get_semantics(opts.baseline)
-    base_verdict = judge(case, baseline, obs)
-    rec.baseline_agrees = base_verdict.ok
-    if not base_verdict.ok:
-        knobs = _profile_difference(case, declared, baseline, obs) if verdict.ok else []
-        if not knobs:
-            flips = explain(case, baseline, obs, pairs=True)
-            knobs = sorted({k for f in flips for k in f}) if flips else ["unexplained"]
-        rec.baseline_knobs = knobs
-    return rec, obs
-
-
-def _profile_difference(case: Case, declared: Semantics, baseline: Semantics, obs: Observation) -> list[str]:
-    """For an implementation that conforms to its declared profile: the knobs where that profile
-    differs from the baseline and which matter for this case (setting one back to the baseline's
-    value alone makes the declared profile disagree with what was observed)."""
-    found = []
-    try:
-        same_as = reference(case, declared)
-    except BnspecError:
-        same_as = None
-    for name in KNOBS:
-        if KNOBS[name].set_by_case or getattr(declared, name) == getattr(baseline, name):
-            continue
-        try:
-            reverted = declared.replace(**{name: getattr(baseline, name)})
-            if same_as is not None and not KNOBS[name].numerics and _same(reference(case, reverted), same_as):
-                continue  # the knob does not change this case's semantics: it cannot matter
-        except BnspecError:
-            pass
-        if not judge(case, reverted, obs, quick=True).ok:
-            found.append(name)
-    return found
-
-
-def _same(a: Result, b: Result) -> bool:
-    if len(a.steps) != len(b.steps):
-        return False
-    for sa, sb in zip(a.steps, b.steps, strict=True):
-        for q in (*StepResult.QUANTITIES, "y_dtype", "running_dtype"):
-            va, vb = getattr(sa, q), getattr(sb, q)
-            if (va is None) != (vb is None):
-                return False
-            if isinstance(va, str) or va is None:
-                if va != vb:
-                    return False
-            elif not np.array_equal(va, vb, equal_nan=True):
-                return False
-    return True
-
-
-def _check_shapes(case: Case, result: Result) -> None:
-    """An adapter's output of the wrong shape or kind is a bad output, not a numerical finding."""
-    if len(result.steps) != len(case.steps):
-        raise AdapterFailure("bad_output", f"{len(result.steps)} step results for {len(case.steps)} steps")
-    for i, (step, res) in enumerate(zip(case.steps, result.steps, strict=True)):
-        for name in ("y", "dx"):
-            got = getattr(res, name)
-            if got is None:
-                continue
-            arr = np.asarray(got)
-            if arr.shape != step.x.shape:
-                raise AdapterFailure("bad_output", f"step {i}: {name} has shape {arr.shape}, the input {step.x.shape}")
-            if not np.issubdtype(arr.dtype, np.floating):
-                raise AdapterFailure("bad_output", f"step {i}: {name} has dtype {arr.dtype}, not a float")
-        for name in ("running_mean", "running_var", "dgamma", "dbeta"):
-            got = getattr(res, name)
-            if got is not None and np.shape(got) != (case.num_features,):
-                raise AdapterFailure("bad_output", f"step {i}: {name} has shape {np.shape(got)}, "
-                                                   f"expected ({case.num_features},)")
-
-
-def _minimal(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, original: Observation) -> Case:
-    """Hypothesis's smallest reduction of a case that fails conformance, failing the same way:
-    still a mismatch with the declared profile, still explained by the same knob flip (or still
-    explained by none). Crashes and timeouts are not shrunk: each try would cost a worker."""
-    from bnspec.shrink import shrink
-
-    declared = get_semantics(adapter.profile)
-    flips = explain(case, declared, original)
-    kind = _failure_kind(judge(case, declared, original))
-
-    def still_fails(candidate: Case) -> bool:
-        try:
-            adapter.check_supported(candidate)
-        except UnsupportedFeature:
-            return False
-        obs = _observe(worker, candidate, opts)
-        if obs is None:
-            return False
-        verdict = judge(candidate, declared, obs)
-        if verdict.ok or _failure_kind(verdict) != kind:
-            return False
-        if not flips:
-            return not explain(candidate, declared, obs, pairs=False)
-        return judge(candidate, declared.replace(**{k: v[0] for k, v in flips[0].items()}), obs).ok
-
-    minimal = shrink(case, still_fails)
-    if minimal is case:
-        return case
-    shapes = sorted({s.x.shape for s in minimal.steps})
-    return minimal.replace(label=f"{case.label} [shrunk to {len(minimal.steps)} step(s) of shape "
-                                 f"{', '.join(map(str, shapes))}]")
-
-
-def _failure_kind(verdict: Any) -> str:
-    """What went wrong, coarsely: the first quantity that mismatched, or that the framework
-    raised, or that it returned a result where an error was expected. A shrunk case must keep it."""
-    if verdict.comparison is not None and verdict.comparison.mismatches:
-        return verdict.comparison.mismatches[0].quantity
-    return verdict.note.split(" ")[0]
-
-
-def _observe(worker: Worker, case: Case, opts: RunOptions) -> Observation | None:
-    try:
-        result = worker.run(case, timeout=opts.timeout)
-        _check_shapes(case, result)
-        return Observation(result=result)
-    except (FrameworkError, SingleValueError) as exc:
-        return Observation(raised=str(exc))
-    except (AdapterFailure, UnsupportedFeature):
-        return None
+        rec.status, rec.detail, rec.explanation = Status.MISMATCH, verdict.note, judgement.explanation
+    rec.baseline_agrees = judgement.baseline_agrees
+    rec.baseline_knobs = list(judgement.baseline_knobs)
+    return rec, obs, judgement
 
 
 class ResultsWriter:
@@ -300,23 +113,14 @@ def run(
     they lack are run (a run killed at any point loses at most the case in flight)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "cases").mkdir(exist_ok=True)
-    done = load_records(out) if resume else []
     if not resume:
-        _atomic_write(out / RUN_FILE, json.dumps({**opts.identity(), "adapters": {a.name: a.ref for a in adapters}},
-                                                  indent=2, sort_keys=True))
+        atomic_write(out / RUN_FILE, json.dumps({**opts.identity(), "adapters": {a.name: a.ref for a in adapters}},
+                                                indent=2, sort_keys=True))
+    records = _kept_records(adapters, opts, load_records(out) if resume else [])
+    finished = {(r.adapter, r.property, r.example) for recs in records.values() for r in recs}
     writer = ResultsWriter(out / "results.jsonl", resume=resume)
     started = time.time()
     workers: dict[str, Worker] = {}
-    records: dict[str, list[Record]] = {a.name: [] for a in adapters}
-    finished = set()
-    for r in done:
-        if r.adapter in records and r.property in opts.properties and r.example < opts.examples:
-            if r.status in ("fail", "failure"):  # judged again against the registry as it is now
-                known = find(opts.known, r.adapter, r.property, r.status, r.detail, r.explained_by)
-                r.known = known.id if known else None
-            records[r.adapter].append(r)
-            finished.add((r.adapter, r.property, r.example))
-
     elapsed: dict[str, float] = {}
     closing: dict[str, float] = {}
 
@@ -329,19 +133,7 @@ def run(
                 for index in range(opts.examples):
                     if (adapter.name, prop, index) in finished:
                         continue
-                    case = _case(prop, opts.seed, index)
-                    rec, obs = check_case(adapter, case, worker, opts, prop, index)
-                    if rec.status in ("fail", "failure"):
-                        known = find(opts.known, adapter.name, prop, rec.status, rec.detail, rec.explained_by)
-                        rec.known = known.id if known else None
-                        first = not any(r.property == prop and r.status in ("fail", "failure") for r in recs)
-                        minimal = case
-                        if opts.shrink and first and rec.status == "fail" and obs is not None:
-                            minimal = _minimal(adapter, case, worker, opts, obs)
-                        rec.minimal_case_id = minimal.case_id()
-                        _save_case(out, adapter, minimal, rec)
-                    elif rec.baseline_knobs:  # a divergence from the baseline: `bnspec repro` shows it
-                        _save_case(out, adapter, case, rec)
+                    rec = _one_case(adapter, worker, opts, out, prop, index, recs)
                     recs.append(rec)
                     writer.write(rec)
                     if progress:
@@ -359,7 +151,51 @@ def run(
         writer.close()
     for recs in records.values():
         recs.sort(key=lambda r: (opts.properties.index(r.property), r.example))
-    summary = summarize(adapters, records, workers, opts, started)
+    summary = summarize(adapters, records, workers, properties=opts.properties, seed=opts.seed,
+                        examples=opts.examples, baseline=opts.baseline, known=opts.known, started=started)
+    _add_wall_timing(summary, elapsed, closing)
+    return summary
+
+
+def _kept_records(adapters: list[Adapter], opts: RunOptions, done: list[Record]) -> dict[str, list[Record]]:
+    """Per adapter, the records of an earlier run this run keeps, their known divergences
+    looked up again in the registry as it is now."""
+    records: dict[str, list[Record]] = {a.name: [] for a in adapters}
+    for r in done:
+        if r.adapter in records and r.property in opts.properties and r.example < opts.examples:
+            if r.status.is_nonconformance:
+                r.known = _known_id(opts, r)
+            records[r.adapter].append(r)
+    return records
+
+
+def _known_id(opts: RunOptions, rec: Record) -> str | None:
+    known = find(opts.known, rec.adapter, rec.property, rec.status, rec.detail, rec.explanation)
+    return known.id if known else None
+
+
+def _one_case(adapter: Adapter, worker: Worker, opts: RunOptions, out: Path, prop: str, index: int,
+              earlier: list[Record]) -> Record:
+    """One case judged; a non-conformance matched against the known divergences and its case
+    stored for `bnspec repro` (the first mismatch of a property shrunk first), as is a case that
+    diverges from the baseline."""
+    case = generate(prop, opts.seed, index)
+    rec, _, judgement = check_case(adapter, case, worker, opts, prop, index)
+    if rec.status.is_nonconformance:
+        rec.known = _known_id(opts, rec)
+        first = not any(r.property == prop and r.status.is_nonconformance for r in earlier)
+        minimal = case
+        if opts.shrink and first and rec.status == Status.MISMATCH and judgement is not None:
+            minimal = minimal_failing(worker, case, adapter.declared_profile().semantics, judgement.verdict,
+                                      judgement.explanation, timeout=opts.timeout)
+        rec.minimal_case_id = minimal.case_id()
+        _save_case(out, adapter, minimal, rec)
+    elif rec.baseline_knobs:  # a divergence from the baseline: `bnspec repro` shows it
+        _save_case(out, adapter, case, rec)
+    return rec
+
+
+def _add_wall_timing(summary: dict[str, Any], elapsed: dict[str, float], closing: dict[str, float]) -> None:
     for name, seconds in elapsed.items():
         t = summary["timing"]["adapters"][name]
         t["wall_seconds"] = round(seconds, 3)
@@ -369,7 +205,6 @@ def run(
         # call aside, the shrinker's included (a conversion path's take seconds each)
         t["bnspec_seconds"] = round(seconds - (t["startup_seconds"] or 0.0) - t["shutdown_seconds"]
                                     - (t["framework_seconds"] or 0.0), 3)
-    return summary
 
 
 def _slow_first(adapter: Adapter) -> int:
@@ -392,9 +227,9 @@ def load_records(out: Path) -> list[Record]:
     for n, line in enumerate(keep.decode("utf-8").splitlines(), 1):
         try:
             records.append(Record.from_json(line))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ResumeError(f"{path}:{n} is not a bnspec result record ({exc.__class__.__name__}); "
-                              "start a new run with another --out") from None
+        except (json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
+            raise ResumeError(f"{path}:{n} is not a bnspec result record of this version "
+                              f"({exc.__class__.__name__}); start a new run with another --out") from None
     return records
 
 
@@ -412,114 +247,7 @@ def stored_run(out: Path) -> dict[str, Any]:
         raise ResumeError(f"{out / RUN_FILE} is corrupt; start a new run with another --out") from None
 
 
-def repro_id(case_id: str, adapter: str) -> str:
-    """The id `bnspec repro` takes, and the stored case's file name: safe for any adapter name."""
-    return f"{case_id}-{re.sub(r'[^A-Za-z0-9_.-]', '_', adapter)}"
-
-
 def _save_case(out: Path, adapter: Adapter, case: Case, rec: Record) -> None:
-    data = {"adapter": adapter.name, "adapter_ref": adapter.ref, "profile": adapter.profile,
+    data = {"adapter": adapter.name, "adapter_ref": adapter.ref, "profile": adapter.declared_profile().name,
             "property": rec.property, "original_case_id": rec.case_id, "case": case.to_dict()}
-    _atomic_write(out / "cases" / f"{repro_id(case.case_id(), adapter.name)}.json", json.dumps(data, sort_keys=True))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def summarize(
-    adapters: Iterable[Adapter],
-    records: dict[str, list[Record]],
-    workers: dict[str, Worker],
-    opts: RunOptions,
-    started: float,
-) -> dict[str, Any]:
-    from bnspec import __version__
-
-    entries = []
-    ran: dict[str, set[str]] = {}
-    seen: set[str] = set()
-    timing: dict[str, Any] = {"started": started, "finished": time.time(), "adapters": {}}
-    for adapter in sorted(adapters, key=lambda a: a.name):
-        recs = records.get(adapter.name, [])
-        cells: dict[str, Any] = {}
-        divergences: dict[str, Any] = {}
-        non_conformances = []
-        for prop in opts.properties:
-            prs = [r for r in recs if r.property == prop]
-            counts = {s: sum(r.status == s and r.known is None for r in prs)
-                      for s in ("pass", "fail", "not_applicable", "failure")}
-            counts["known"] = sum(r.known is not None for r in prs)
-            status = ("failure" if counts["failure"] else "fail" if counts["fail"] else
-                      "known" if counts["known"] else "pass" if counts["pass"] else "not_applicable")
-            errs = [r.err_u for r in prs if isinstance(r.err_u, float)]
-            knobs = sorted({k for r in prs for k in r.baseline_knobs})
-            cells[prop] = {
-                "status": status, **counts,
-                "max_err_u": max(errs) if errs else None,
-                "unit": next((r.unit for r in prs if r.unit), None),
-                "explained_by": sorted({e for r in prs for e in r.explained_by}),
-                "known": sorted({r.known for r in prs if r.known}),
-                "baseline_knobs": knobs,
-                "detail": next((r.detail for r in prs if r.status in ("fail", "failure")),
-                               next((r.detail for r in prs if r.status == "not_applicable"), "")),
-            }
-            first_bad = next((r for r in prs if r.status in ("fail", "failure")), None)
-            if first_bad is not None:
-                minimal = first_bad.minimal_case_id or first_bad.case_id
-                non_conformances.append({
-                    "property": prop, "case_id": first_bad.case_id, "repro_id": repro_id(minimal, adapter.name),
-                    "kind": first_bad.status, "label": first_bad.label, "detail": first_bad.detail,
-                    "explained_by": first_bad.explained_by, "known": first_bad.known,
-                })
-            if any(r.status in ("pass", "fail") for r in prs):
-                ran.setdefault(adapter.name, set()).add(prop)
-            seen.update(r.known for r in prs if r.known)
-            for r in prs:
-                for k in r.baseline_knobs:
-                    d = divergences.setdefault(k, {"properties": [], "example": repro_id(r.case_id, adapter.name)})
-                    if prop not in d["properties"]:
-                        d["properties"].append(prop)
-        conversion: dict[str, Any] = {}
-        for check in CONVERSION_CHECKS:
-            verdicts = [(r, r.conversion[check]) for r in recs if check in r.conversion]
-            if verdicts:
-                bad = [r for r, ok in verdicts if not ok]
-                conversion[check] = {"ok": not bad, "cases": len(verdicts), "failed": len(bad),
-                                     "example": (f"{bad[0].property}[{bad[0].example}]" if bad else None)}
-        worker = workers.get(adapter.name)
-        entries.append({
-            "name": adapter.name,
-            "framework": adapter.framework,
-            "framework_version": adapter.framework_version(),
-            "declared_profile": adapter.profile,
-            "description": adapter.description,
-            "device": "cpu",
-            "conforms": not any(r.bad for r in recs),
-            "known_divergences": sorted({r.known for r in recs if r.known}),
-            "cells": cells,
-            "non_conformances": non_conformances,
-            "divergences": divergences,
-            "notes": adapter.capabilities.notes,
-            **({"conversion": conversion} if conversion else {}),
-        })
-        timing["adapters"][adapter.name] = {
-            "startup_seconds": round(worker.startup_seconds, 3) if worker else None,
-            # every adapter call this invocation made: the judged cases' and the shrinker's
-            "framework_seconds": round(worker.call_seconds, 3) if worker else None,
-            "restarts": worker.restarts if worker else 0,
-            "peak_rss_mb": round(worker.peak_rss_mb) if worker else None,
-        }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "bnspec_version": __version__,
-        "seed": opts.seed,
-        "examples": opts.examples,
-        "baseline": opts.baseline,
-        "properties": list(opts.properties),
-        "adapters": entries,
-        "known_vanished": vanished(opts.known, ran, seen, opts.examples),
-        "timing": timing,
-    }
+    atomic_write(out / "cases" / f"{repro_id(case.case_id(), adapter.name)}.json", json.dumps(data, sort_keys=True))

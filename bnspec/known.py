@@ -15,15 +15,16 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bnspec.errors import BnspecError
+from bnspec.records import Explanation, Status
 from bnspec.semantics import KNOBS
 
+_KINDS = tuple(s.value for s in Status if s.is_nonconformance)
 _KEYS = {"id", "adapter", "properties", "knob", "match", "kind", "reason", "link", "examples"}
 
 
@@ -40,17 +41,15 @@ class KnownDivergence:
     link: str
     knob: str | None = None  # an explanation naming this knob identifies it
     match: str | None = None  # or a regular expression searched in the detail
-    kind: str = "fail"  # fail (a wrong result) | failure (a crash, timeout, bad output)
+    kind: Status = Status.MISMATCH  # "fail" (a wrong result) | "failure" (a crash, timeout, bad output)
     examples: int = 1  # examples per property a run needs before its absence means it vanished
 
-    def matches(self, adapter: str, prop: str, status: str, detail: str, explained_by: Iterable[str]) -> bool:
+    def matches(self, adapter: str, prop: str, status: Status, detail: str, explanation: Explanation) -> bool:
         if status != self.kind or not self.covers(adapter):
             return False
         if self.properties and prop not in self.properties:
             return False
-        if self.knob is not None and not any(
-            part.strip().startswith(f"{self.knob}:") for e in explained_by for part in re.split(r"[|+]", e)
-        ):
+        if self.knob is not None and not explanation.flips(self.knob):
             return False
         return self.match is None or re.search(self.match, detail) is not None
 
@@ -59,7 +58,7 @@ class KnownDivergence:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "adapter": list(self.adapter), "properties": list(self.properties),
-                "knob": self.knob, "match": self.match, "kind": self.kind, "reason": self.reason,
+                "knob": self.knob, "match": self.match, "kind": self.kind.value, "reason": self.reason,
                 "link": self.link, "examples": self.examples}
 
 
@@ -102,7 +101,7 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
             raise InvalidRegistry(f"{where} names unknown knob {knob!r}")
         if knob is None and e.get("match") is None:
             raise InvalidRegistry(f"{where} needs a 'knob' or a 'match' that identifies it")
-        if e.get("kind", "fail") not in ("fail", "failure"):
+        if e.get("kind", Status.MISMATCH.value) not in _KINDS:
             raise InvalidRegistry(f"{where}: kind must be 'fail' or 'failure'")
         try:
             re.compile(e.get("match") or "")
@@ -112,7 +111,8 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
         if not isinstance(examples, int) or examples < 1:
             raise InvalidRegistry(f"{where}: examples must be a positive integer")
         out.append(KnownDivergence(id=e["id"], adapter=tuple(patterns), properties=props, reason=e["reason"],
-                                   link=e["link"], knob=knob, match=e.get("match"), kind=e.get("kind", "fail"),
+                                   link=e["link"], knob=knob, match=e.get("match"),
+                                   kind=Status(e.get("kind", Status.MISMATCH.value)),
                                    examples=examples))
     ids = [k.id for k in out]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -121,10 +121,9 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
     return out
 
 
-def find(registry: list[KnownDivergence], adapter: str, prop: str, status: str, detail: str,
-         explained_by: Iterable[str]) -> KnownDivergence | None:
-    explained = list(explained_by)
-    return next((k for k in registry if k.matches(adapter, prop, status, detail, explained)), None)
+def find(registry: list[KnownDivergence], adapter: str, prop: str, status: Status, detail: str,
+         explanation: Explanation) -> KnownDivergence | None:
+    return next((k for k in registry if k.matches(adapter, prop, status, detail, explanation)), None)
 
 
 def vanished(registry: list[KnownDivergence], ran: dict[str, set[str]], seen: set[str],

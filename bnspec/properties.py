@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from bnspec.case import Case, make_case
+from bnspec.case import Case, Mode, make_case
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ def _shape(rng: np.random.Generator, rank: int | None = None, *, min_n: int = 2)
     return (n, c, *spatial)
 
 
-def _params(rng: np.random.Generator, c: int) -> dict[str, np.ndarray]:
+def _params(rng: np.random.Generator, c: int) -> dict[str, Any]:
+    """gamma and beta, as keyword arguments of make_case."""
     gamma = rng.normal(1.0, 0.5, c)
     gamma[rng.random(c) < 0.2] *= -1  # negative scales are legal and must flip the output
     return {"gamma": gamma, "beta": rng.normal(0.0, 1.0, c)}
@@ -78,7 +80,8 @@ def running_stats(rng: np.random.Generator, i: int) -> Case:
     steps = 200 if i % 2 == 0 else 24
     shape = (4, 2)
     xs = [_batch(rng, shape, 3.0, 2.0) for _ in range(steps)]
-    return make_case(xs + [_batch(rng, shape, 3.0, 2.0)], modes=["train"] * steps + ["eval"],
+    modes: list[Mode] = ["train" if k < steps else "eval" for k in range(steps + 1)]
+    return make_case(xs + [_batch(rng, shape, 3.0, 2.0)], modes=modes,
                      eps=1e-5, momentum=0.01 if steps == 200 else 0.1, dtype="float64",
                      label=f"{steps} training steps (running-statistics trajectory), then eval")
 
@@ -113,13 +116,14 @@ def large_offset(rng: np.random.Generator, i: int) -> Case:
     offset = float(rng.choice([1e3, 1e4, 3e4]))
     xs = [_batch(rng, shape, offset, 1.0) for _ in range(2)]
     return make_case(xs, modes=["train", "eval"], eps=1e-3, momentum=0.1, dtype="float32",
-                     running_mean=np.full(shape[1], offset), label=f"mean/std ~ {offset:g} in float32: one-pass variance cancels")
+                     running_mean=np.full(shape[1], offset),
+                     label=f"mean/std ~ {offset:g} in float32: one-pass variance cancels")
 
 
 def gradients(rng: np.random.Generator, i: int) -> Case:
     shape = _shape(rng)
     xs = [_batch(rng, shape, 1.0, 2.0) for _ in range(2)]
-    gs = [rng.normal(0, 1, shape) for _ in range(2)]
+    gs: list[np.ndarray | None] = [rng.normal(0, 1, shape) for _ in range(2)]
     return make_case(xs, modes=["train", "eval"], grad_outputs=gs, **_params(rng, shape[1]),
                      eps=1e-5, momentum=0.1, dtype="float64", label="dx, dgamma, dbeta in train and eval mode")
 
@@ -141,7 +145,8 @@ def single_value(rng: np.random.Generator, i: int) -> Case:
 def cumulative_momentum(rng: np.random.Generator, i: int) -> Case:
     shape = _shape(rng)
     xs = [_batch(rng, shape, 2.0, 1.0) for _ in range(4)]
-    return make_case(xs, modes=["train"] * 3 + ["eval"], momentum=None, eps=1e-5, dtype="float64",
+    modes: list[Mode] = ["train", "train", "train", "eval"]
+    return make_case(xs, modes=modes, momentum=None, eps=1e-5, dtype="float64",
                      label="momentum=None: the cumulative average")
 
 

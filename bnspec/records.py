@@ -9,16 +9,24 @@ case types: it imports nothing else of bnspec.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from bnspec.case import Result
 from bnspec.errors import AdapterFailure, FailureKind
+
+# The shape of summary.json (bnspec/schema/summary.schema.json). 2: an explanation is a list of
+# alternatives, each a list of {knob, observed, declared}; 1 had one rendered string per
+# alternative (``bnspec report merge`` still reads it).
+SCHEMA_VERSION = 2
 
 
 class Status(enum.StrEnum):
@@ -159,6 +167,13 @@ class Observation:
         return self.result is not None or self.raised is not None
 
 
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def repro_id(case_id: str, adapter: str) -> str:
     """The id `bnspec repro` takes, and the stored case's file name: safe for any adapter name."""
     return f"{case_id}-{re.sub(r'[^A-Za-z0-9_.-]', '_', adapter)}"
@@ -208,7 +223,7 @@ class Record:
         d["explanation"] = Explanation.from_json(d.get("explanation", []))
         return cls(**d)
 
-    @property
+    @builtins.property  # `property` is a field of a record
     def bad(self) -> bool:
         """A non-conformance that no known divergence accounts for."""
         return self.status.is_nonconformance and self.known is None

@@ -10,20 +10,16 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
+from bnspec.records import Alternative, Explanation, Status, atomic_write
 from bnspec.semantics import KNOBS
 
-MARK = {"pass": "✓", "not_applicable": "n/a", "failure": "⚠"}
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+MARK = {Status.CONFORMS: "✓", Status.NOT_APPLICABLE: "n/a", Status.FAILURE: "⚠"}
+UNEXPLAINED = "unexplained"
 
 
 def deterministic(summary: dict[str, Any]) -> str:
@@ -38,14 +34,33 @@ def write_all(summary: dict[str, Any], out: Path) -> None:
     atomic_write(out / "report.html", html(summary))
 
 
+def alternative_text(alt: Alternative, observed_word: str = "observed", base_word: str = "declared") -> str:
+    """One alternative of an explanation, for people: ``knob: 'value', observed; 'value', declared``."""
+    return " + ".join(f"{f.knob}: {f.observed!r}, {observed_word}; {f.declared!r}, {base_word}" for f in alt)
+
+
+def explanation_text(explanation: Explanation, observed_word: str = "observed", base_word: str = "declared",
+                     sep: str = " | ") -> str:
+    """An explanation for people: its alternatives, or "unexplained"."""
+    return sep.join(alternative_text(alt, observed_word, base_word) for alt in explanation) or UNEXPLAINED
+
+
+def _explanation(entry: dict[str, Any]) -> Explanation:
+    """The explanation a summary cell or non-conformance carries."""
+    return Explanation.from_json(entry.get("explained_by", []))
+
+
+def _alternatives_text(entry: dict[str, Any]) -> Iterable[str]:
+    return [alternative_text(alt) for alt in _explanation(entry)]
+
+
 def cell_text(cell: dict[str, Any]) -> str:
-    status = cell["status"]
-    if status in ("fail", "known"):
-        knobs = sorted({part.split(":")[0].strip() for e in cell.get("explained_by", [])
-                        for part in e.replace("|", "+").split("+") if e != "unexplained"}) or ["unexplained"]
-        return ("✗ " if status == "fail" else "◇ known: ") + ", ".join(knobs)
-    text = MARK.get(status, status)
-    if status == "pass" and cell.get("baseline_knobs"):
+    status = Status(cell["status"])
+    if status in (Status.MISMATCH, Status.KNOWN):
+        knobs = _explanation(cell).knobs or (UNEXPLAINED,)
+        return ("✗ " if status == Status.MISMATCH else "◇ known: ") + ", ".join(knobs)
+    text = MARK.get(status, status.value)
+    if status == Status.CONFORMS and cell.get("baseline_knobs"):
         text += " ≠ " + ", ".join(cell["baseline_knobs"])
     return text
 
@@ -79,7 +94,7 @@ def markdown(summary: dict[str, Any]) -> str:
         found = [(a, nc) for a in summary["adapters"] for nc in a["non_conformances"]
                  if bool(nc.get("known")) == want_known]
         for a, nc in found:
-            expl = "; ".join(nc["explained_by"]) or "unexplained"
+            expl = "; ".join(_alternatives_text(nc)) or UNEXPLAINED
             known = f" Known divergence `{nc['known']}`." if nc.get("known") else ""
             lines.append(
                 f"- **{_md(a['name'])}** `{nc['property']}` ({nc['kind']}): {_md(nc['detail'])}. "
@@ -169,10 +184,11 @@ def junit(summary: dict[str, Any]) -> str:
             body = ""
             detail = xml_escape(str(cell.get("detail", "")), {'"': "&quot;"})
             if cell["status"] == "known":
-                body = f'<system-out>known divergence {xml_escape(", ".join(cell.get("known", [])))}: {detail}</system-out>'
+                known = xml_escape(", ".join(cell.get("known", [])))
+                body = f"<system-out>known divergence {known}: {detail}</system-out>"
             elif cell["status"] == "fail":
                 failures += 1
-                body = f'<failure message="{detail}">{xml_escape("; ".join(cell["explained_by"]))}</failure>'
+                body = f'<failure message="{detail}">{xml_escape("; ".join(_alternatives_text(cell)))}</failure>'
             elif cell["status"] == "failure":
                 errors += 1
                 body = f'<error message="{detail}"/>'
@@ -246,13 +262,19 @@ def _plot_trajectories() -> str:
         c = case.replace(running_mean=np.array([sem.initial_running[0]]),
                          running_var=np.array([sem.initial_running[1]]))
         res = reference(c, sem)
-        ax.plot([s.running_var[0] for s in res.steps], label=name, lw=1)
+        ax.plot([_first(s.running_var) for s in res.steps], label=name, lw=1)
     ax.axhline(4.0, color="grey", ls=":", lw=1, label="true variance 4")
     ax.set_ylim(0, 6)  # equinox's debiased hidden state starts far above: the drift is the point
     ax.set_xlabel("training step (momentum 0.01 / decay 0.99)")
     ax.set_ylabel("running variance")
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def _first(values: Any) -> float:
+    """Channel 0 of a per-channel quantity the reference computes for every case it plots."""
+    assert values is not None
+    return float(values[0])
 
 
 def _plot_offsets() -> str:
@@ -273,8 +295,8 @@ def _plot_offsets() -> str:
         errs = []
         for off in offsets:
             case = make_case(base + off, dtype="float32")
-            exact = reference(case, sem).steps[0].batch_var[0]
-            emu = emulate(case, sem).steps[0].batch_var[0]
+            exact = _first(reference(case, sem).steps[0].batch_var)
+            emu = _first(emulate(case, sem).steps[0].batch_var)
             errs.append(max(abs(emu - exact) / (exact * 2.0**-24), 1e-1))
         ax.loglog(offsets, errs, marker="o", ms=3, label=algo)
     ax.set_xlabel("|mean| / std of the input (float32)")
@@ -286,24 +308,35 @@ def _plot_offsets() -> str:
 def html(summary: dict[str, Any]) -> str:
     import jinja2
 
-    from bnspec.profiles import PROFILES
-
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("bnspec", "templates"), autoescape=True,
         trim_blocks=True, lstrip_blocks=True,
     )
     declared = sorted({a["declared_profile"] for a in summary["adapters"]} | {summary["baseline"]})
-    knob_table = [
-        {"knob": k, "doc": KNOBS[k].doc,
-         "values": [repr(getattr(PROFILES[p].semantics, k)) if p in PROFILES else "?" for p in declared]}
-        for k in KNOBS
-    ]
     return env.get_template("report.html.j2").render(
         s=summary, cell_text=cell_text, conversion_cell=conversion_cell, fidelity=fidelity,
-        conversion_columns=CONVERSION_COLUMNS, profiles=declared, knob_table=knob_table,
+        explanation_text=lambda nc: "; ".join(_alternatives_text(nc)) or UNEXPLAINED,
+        conversion_columns=CONVERSION_COLUMNS, profiles=declared, knob_table=knob_table(declared),
         plot_errors=_plot_errors(summary) if summary["adapters"] else "",
         plot_trajectories=_plot_trajectories(), plot_offsets=_plot_offsets(),
     )
+
+
+def knob_table(profiles: list[str]) -> list[dict[str, Any]]:
+    """Per knob: its doc line and, per profile, its value and the citation that decides it
+    ("?" for a profile this installation does not know)."""
+    from bnspec.profiles import PROFILES
+
+    rows = []
+    for k in KNOBS:
+        values = []
+        for p in profiles:
+            if p in PROFILES:
+                values.append({"value": repr(getattr(PROFILES[p].semantics, k)), "cite": PROFILES[p].cite.get(k, "")})
+            else:
+                values.append({"value": "?", "cite": ""})
+        rows.append({"knob": k, "doc": KNOBS[k].doc, "values": values})
+    return rows
 
 
 README_START, README_END = "<!-- headline:start -->", "<!-- headline:end -->"

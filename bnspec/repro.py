@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bnspec.attribution import Observation, explain, format_explanation, judge
+from bnspec.attribution import explain
 from bnspec.case import Case
-from bnspec.errors import AdapterFailure, BnspecError, FrameworkError, SingleValueError
-from bnspec.profiles import get_semantics
+from bnspec.errors import BnspecError
+from bnspec.judging import judge
+from bnspec.observe import observe
+from bnspec.reports import explanation_text
 
 
 class ReproError(BnspecError):
@@ -29,20 +31,20 @@ def replay(case_id: str, directory: Path) -> tuple[int, str]:
         adapter = discover([data["adapter"]])[data["adapter"]]
     case = Case.from_dict(data["case"])
     worker = Worker(adapter)
-    obs = Observation()
     try:
-        obs.result = worker.run(case)
-    except (FrameworkError, SingleValueError) as exc:
-        obs.raised = str(exc)
-    except AdapterFailure as exc:
-        return 1, f"{adapter.name}: {exc}"
+        obs = observe(worker, case)
     finally:
         worker.close()
-    sem = get_semantics(adapter.profile)
+    if obs.failure is not None:
+        return 1, f"{adapter.name}: {obs.failure}"
+    if obs.unsupported is not None:
+        raise ReproError(f"{adapter.name} cannot express case {case_id!r}: {obs.unsupported}")
+    declared = adapter.declared_profile()
+    sem = declared.semantics
     verdict = judge(case, sem, obs)
-    lines = [f"case {case_id} ({case.label}) on {adapter.name}, declared profile {adapter.profile}:",
+    lines = [f"case {case_id} ({case.label}) on {adapter.name}, declared profile {declared.name}:",
              "conforms" if verdict.ok else f"does not conform: {verdict.note}"]
     if not verdict.ok:
-        lines.append("explained by: " + format_explanation(explain(case, sem, obs)))
+        lines.append("explained by: " + explanation_text(explain(case, sem, obs)))
     lines += ["", "# reproduce with the framework's own API:", adapter.snippet(case)]
     return (0 if verdict.ok else 1), "\n".join(lines)

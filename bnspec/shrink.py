@@ -16,8 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from bnspec.adapter import Adapter
+from bnspec.attribution import explain
 from bnspec.case import Case
 from bnspec.errors import BnspecError
+from bnspec.judging import Verdict, judge
+from bnspec.observe import observe
+from bnspec.records import Explanation
+from bnspec.semantics import Semantics
+from bnspec.worker import Worker
 
 BUDGET = 20  # adapter calls per shrink: each is a framework call (and, for JAX, a compile)
 
@@ -27,11 +34,11 @@ def reduce(case: Case, first: int, count: int, n: int, c: int, spatial: tuple[in
     spatial extent's prefix."""
     index = (slice(0, n), slice(0, c), *(slice(0, s) for s in spatial))
 
-    def cut(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.ascontiguousarray(a[index[: a.ndim]])
+    def cut(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a[index[: a.ndim]])
 
     steps = tuple(
-        dataclasses.replace(s, x=cut(s.x), grad_output=cut(s.grad_output))
+        dataclasses.replace(s, x=cut(s.x), grad_output=None if s.grad_output is None else cut(s.grad_output))
         for s in case.steps[first : first + count]
     )
     per_channel = {k: (None if getattr(case, k) is None else getattr(case, k)[:c])
@@ -84,3 +91,28 @@ def shrink(case: Case, still_fails: Callable[[Case], bool], budget: int = BUDGET
     except Exception:  # noqa: BLE001 - e.g. Hypothesis's Flaky: a flaky adapter keeps its case
         return case
 
+
+def minimal_failing(runner: Adapter | Worker, case: Case, declared: Semantics, verdict: Verdict,
+                    explanation: Explanation, *, timeout: float = 120.0) -> Case:
+    """Hypothesis's smallest reduction of a case that fails conformance (``verdict``, explained
+    by ``explanation``), failing the same way: still a mismatch with the declared profile of the
+    same kind, still explained by the same knob flip (or still explained by none). Crashes and
+    timeouts are not shrunk: each try would cost a worker."""
+
+    def still_fails(candidate: Case) -> bool:
+        obs = observe(runner, candidate, timeout=timeout)
+        if not obs.judgeable:
+            return False
+        candidate_verdict = judge(candidate, declared, obs)
+        if candidate_verdict.ok or candidate_verdict.kind != verdict.kind:
+            return False
+        if not explanation:
+            return not explain(candidate, declared, obs, pairs=False)
+        return judge(candidate, declared.replace(**explanation.first_profile_change()), obs).ok
+
+    minimal = shrink(case, still_fails)
+    if minimal is case:
+        return case
+    shapes = sorted({s.x.shape for s in minimal.steps})
+    return minimal.replace(label=f"{case.label} [shrunk to {len(minimal.steps)} step(s) of shape "
+                                 f"{', '.join(map(str, shapes))}]")

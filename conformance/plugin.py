@@ -51,26 +51,18 @@ def _item_class() -> Any:
             self.ref, self.prop, self.index = ref, prop, index
 
         def runtest(self) -> None:
-            from bnspec.properties import generate
             from bnspec.discovery import load_adapter_ref
-            from bnspec.errors import UnsupportedFeature
+            from bnspec.profiles import resolve
+            from bnspec.properties import generate
 
             adapter = load_adapter_ref(self.ref)
-            profile = self.config.getoption("bnspec_profile") or adapter.profile
-            if not getattr(adapter, "_bnspec_setup_done", False):
-                adapter.setup()
-                adapter._bnspec_setup_done = True  # type: ignore[attr-defined]
+            profile = resolve(self.config.getoption("bnspec_profile") or adapter.profile)
             if self.prop == HYPOTHESIS:
                 self._hypothesis(adapter, profile)
                 return
-            case = generate(self.prop, self.config.getoption("bnspec_seed"), self.index)
-            try:
-                adapter.check_supported(case)
-            except UnsupportedFeature as exc:
-                pytest.skip(f"not applicable: {exc}")
-            _check(adapter, profile, case)
+            _check(adapter, profile, generate(self.prop, self.config.getoption("bnspec_seed"), self.index))
 
-        def _hypothesis(self, adapter: Any, profile: str) -> None:
+        def _hypothesis(self, adapter: Any, profile: Any) -> None:
             """Drawn cases within the adapter's capabilities; Hypothesis shrinks a failure to a
             minimal case (derandomized: the same cases on every run)."""
             from hypothesis import HealthCheck, given, settings
@@ -88,25 +80,26 @@ def _item_class() -> Any:
         def reportinfo(self) -> tuple[str, int, str]:
             return self.ref, 0, self.name
 
-    def _check(adapter: Any, profile: str, case: Any, drawn: bool = False) -> None:
-        from bnspec.attribution import Observation, explain, format_explanation, judge
-        from bnspec.errors import UnsupportedFeature
-        from bnspec.profiles import get_semantics
+    def _check(adapter: Any, profile: Any, case: Any, drawn: bool = False) -> None:
+        """``profile``: the bnspec.Profile the adapter is checked against."""
+        from bnspec.attribution import explain
+        from bnspec.judging import judge
+        from bnspec.observe import observe
+        from bnspec.reports import explanation_text
 
-        try:
-            obs = Observation(result=adapter.run(case))
-        except UnsupportedFeature as exc:
+        obs = observe(adapter, case)  # in this process: set up on first use
+        if obs.unsupported is not None:
             if drawn:  # a drawn case the adapter cannot express: draw another
                 from hypothesis import assume
 
                 assume(False)
-            pytest.skip(f"not applicable: {exc}")
-        except Exception as exc:  # noqa: BLE001 - the implementation raising is a behaviour
-            obs = Observation(raised=f"{type(exc).__name__}: {exc}")
-        sem = get_semantics(profile)
+            pytest.skip(f"not applicable: {obs.unsupported}")
+        if obs.failure is not None:
+            raise AssertionError(f"{case.label}: {obs.failure}\nrepro snippet:\n{adapter.snippet(case)}")
+        sem = profile.semantics
         verdict = judge(case, sem, obs)
         if not verdict.ok:
-            why = format_explanation(explain(case, sem, obs), base_word=profile)
+            why = explanation_text(explain(case, sem, obs), base_word=profile.name)
             raise AssertionError(f"{case.label}: {verdict.note}\nexplained by: {why}\n"
                                  f"repro snippet:\n{adapter.snippet(case)}")
 

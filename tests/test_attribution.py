@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from bnspec.attribution import Observation, explain, judge
-from bnspec.properties import PROPERTIES, generate
-from bnspec.errors import SingleValueError, UnsupportedFeature
+from bnspec.attribution import explain
+from bnspec.judging import judge
+from bnspec.observe import observe
 from bnspec.profiles import get_semantics
+from bnspec.properties import PROPERTIES, generate
+from bnspec.records import Explanation, KnobFlip, Status
 from tests.fixtures import bad_adapters as bad
 
 WRONG = {
@@ -32,14 +34,11 @@ def _first_catch(adapter):
     for prop in PROPERTIES:
         for index in range(3):
             case = generate(prop, 0, index)
-            try:
-                adapter.check_supported(case)
-                obs = Observation(result=adapter.run(case))
-            except UnsupportedFeature:
+            obs = observe(adapter, case)
+            if obs.unsupported is not None:
                 continue
-            except SingleValueError as exc:
-                obs = Observation(raised=str(exc))
-            declared = get_semantics(adapter.profile)
+            assert obs.failure is None, f"{case.label}: {obs.failure}"
+            declared = adapter.declared_profile().semantics
             if not judge(case, declared, obs).ok:
                 return case, obs, declared
     return None
@@ -51,11 +50,47 @@ def test_single_knob_wrong_implementation_is_caught_and_attributed_to_that_knob(
     caught = _first_catch(adapter)
     assert caught is not None, f"no property catches a wrong {knob}"
     case, obs, declared = caught
-    flips = explain(case, declared, obs)
-    assert any(knob in f for f in flips), f"{case.label}: explained by {flips}, not {knob}"
+    explanation = explain(case, declared, obs)
+    assert isinstance(explanation, Explanation)
+    assert explanation.flips(knob), f"{case.label}: explained by {explanation}, not {knob}"
+    flip = next(f for alt in explanation for f in alt if f.knob == knob)
+    assert flip == KnobFlip(knob, flip.observed, getattr(declared, knob)) and flip.observed != flip.declared
 
 
 def test_a_correct_implementation_passes_every_property():
     from bnspec.adapters.reference import ADAPTER
 
     assert _first_catch(ADAPTER) is None
+
+
+def test_an_unexplained_mismatch_is_an_empty_explanation():
+    case = generate("train_output", 0, 0)
+    declared = get_semantics("pytorch")
+    obs = observe(bad.NAN_OUTPUT, case)  # NaN everywhere: no knob flip reproduces it
+    assert not judge(case, declared, obs).ok
+    explanation = explain(case, declared, obs, pairs=False)
+    assert not explanation and explanation.knobs == () and explanation.to_json() == []
+
+
+def test_observe_reports_what_the_framework_raised_and_bad_outputs_as_data():
+    case = generate("train_output", 0, 0)
+    assert observe(bad.SCRIPT_NAME, case).raised == ("RuntimeError: <script>alert('framework message')"
+                                                       "</script> & <b>bold</b>")
+    failure = observe(bad.WRONG_SHAPE, case).failure
+    assert failure is not None and failure.kind == "bad_output" and "shape" in failure.message
+    failure = observe(bad.IMPORT_ERROR, case).failure
+    assert failure is not None and failure.kind == "import" and "imaginary_framework" in failure.message
+
+
+def test_an_explanation_survives_json_with_its_tuple_values():
+    explanation = Explanation.of([{"initial_running": ((0.0, 0.0), (0.0, 1.0))},
+                                  {"running_update": ("none", "ema"), "train_stats": ("running", "batch")}])
+    assert Explanation.from_json(explanation.to_json()) == explanation
+    assert explanation.knobs == ("initial_running", "running_update", "train_stats")
+    assert explanation.flips("train_stats") and not explanation.flips("eps")
+    assert explanation.first_profile_change() == {"initial_running": (0.0, 0.0)}
+
+
+def test_statuses_say_which_are_non_conformances():
+    assert {s for s in Status if s.is_nonconformance} == {Status.MISMATCH, Status.FAILURE}
+    assert Status("fail") is Status.MISMATCH and Status.FAILURE == "failure"

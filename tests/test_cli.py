@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bnspec.records import SCHEMA_VERSION, Explanation
+
 BNSPEC = [sys.executable, "-m", "bnspec"]
 
 
@@ -52,7 +54,7 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(args, needle, tmp_path
     out = bnspec(*args, cwd=tmp_path)
     assert out.returncode == 2, (out.returncode, out.stderr)
     assert "Traceback" not in out.stderr
-    lines = [l for l in out.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], out.stderr
 
 
@@ -83,7 +85,7 @@ def test_run_on_a_conforming_adapter_exits_0_and_writes_five_files(reference_run
     for name in ("results.jsonl", "summary.json", "report.md", "report.html", "junit.xml"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["schema_version"] == 1
+    assert summary["schema_version"] == SCHEMA_VERSION
     entry = summary["adapters"][0]
     for key in ("name", "framework", "framework_version", "declared_profile", "conforms",
                 "non_conformances", "divergences"):
@@ -105,7 +107,8 @@ def test_a_wrong_implementation_exits_1_and_its_case_replays(tmp_path):
     assert proc.returncode == 1, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     nc = summary["adapters"][0]["non_conformances"][0]
-    assert any(e.startswith("running_var_update") for e in nc["explained_by"])
+    assert any(flip["knob"] == "running_var_update" for alt in nc["explained_by"] for flip in alt)
+    assert Explanation.from_json(nc["explained_by"]).flips("running_var_update")
     assert "running_var_update" in (out / "report.md").read_text()
     rep = bnspec("repro", nc["repro_id"], "--dir", str(out), cwd=Path(__file__).parents[1])
     assert rep.returncode == 1 and "running_var_update" in rep.stdout
@@ -134,6 +137,97 @@ def test_merge_combines_shards_and_reports_conflicts(reference_run, tmp_path):
     assert "conflict" in proc.stderr
     merged = json.loads((tmp_path / "m" / "summary.json").read_text())
     assert merged["conflicts"]
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_merge_reads_a_version_1_summary_and_writes_the_current_version(tmp_path):
+    """The committed reports/summary.json is version 1: explanations as rendered strings."""
+    from bnspec.reports import cell_text
+
+    old = ROOT / "reports" / "summary.json"
+    v1 = json.loads(old.read_text())
+    if v1["schema_version"] != 1:
+        pytest.skip("reports/ was regenerated at a later schema version")
+    proc = bnspec("report", "merge", str(old), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert merged["schema_version"] == SCHEMA_VERSION
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(merged, json.loads((ROOT / "bnspec/schema/summary.schema.json").read_text()))
+    explained = 0
+    for a_old, a_new in zip(v1["adapters"], merged["adapters"], strict=True):
+        for prop, cell in a_old["cells"].items():
+            # the knobs version 1 rendered ("knob: 'a', observed; 'b', declared + ..."), as flips now
+            knobs = sorted({part.split(":")[0].strip() for e in cell["explained_by"] for part in e.split(" + ")})
+            new = a_new["cells"][prop]
+            assert list(Explanation.from_json(new["explained_by"]).knobs) == knobs, (a_old["name"], prop)
+            if cell["status"] in ("fail", "known"):
+                mark = "✗ " if cell["status"] == "fail" else "◇ known: "
+                assert cell_text(new) == mark + (", ".join(knobs) or "unexplained")
+            explained += bool(knobs)
+        for nc_old, nc_new in zip(a_old["non_conformances"], a_new["non_conformances"], strict=True):
+            assert len(nc_new["explained_by"]) == len(nc_old["explained_by"])
+    assert explained, "the committed summary explains nothing: the test reads nothing"
+    # a version 1 summary and itself upgraded are the same shard: no conflict
+    proc = bnspec("report", "merge", str(old), str(tmp_path / "m" / "summary.json"), "--out", str(tmp_path / "m2"))
+    assert proc.returncode == 0 and "conflict" not in proc.stderr, proc.stderr
+
+
+def test_merge_refuses_an_unknown_schema_version(tmp_path):
+    bad = tmp_path / "future.json"
+    bad.write_text(json.dumps({"schema_version": 99, "adapters": []}))
+    proc = bnspec("report", "merge", str(bad), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 2 and "schema_version 1 or 2 expected" in proc.stderr, proc.stderr
+
+
+def test_html_profile_table_shows_each_knob_values_citation():
+    from html.parser import HTMLParser
+
+    from bnspec.profiles import PROFILES
+    from bnspec.reports import html
+
+    summary = {"seed": 0, "examples": 1, "baseline": "pytorch", "properties": ["train_output"], "adapters": [
+        {"name": "keras_tf", "framework_version": "3", "declared_profile": "keras", "cells": {},
+         "non_conformances": [], "divergences": {}}]}
+
+    class Knobs(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+            self.depth = 0
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.depth = 1 if ("id", "knobs") in attrs else 0
+            elif self.depth and tag == "tr":
+                self.rows.append([])
+            elif self.depth and tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.depth = 0
+            elif self.depth and tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append(" ".join("".join(self.cell).split()))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Knobs()
+    parser.feed(html(summary))
+    header, *rows = parser.rows
+    assert header == ["knob", "keras", "pytorch"]
+    by_knob = {r[0]: r[1:] for r in rows}
+    for knob in ("running_var_update", "momentum_weights", "eps"):
+        for profile, text in zip(("keras", "pytorch"), by_knob[knob], strict=True):
+            p = PROFILES[profile]
+            assert text.startswith(repr(getattr(p.semantics, knob))), (knob, profile, text)
+            assert " ".join(p.cite[knob].split()) in text, (knob, profile, text)
 
 
 def test_html_report_escapes_untrusted_text(tmp_path):

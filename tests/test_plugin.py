@@ -29,8 +29,10 @@ def test_a_conforming_adapter_passes_the_properties_and_the_drawn_cases(tmp_path
 
 
 def test_a_wrong_adapter_fails_with_the_knob_and_a_shrunk_drawn_case(tmp_path):
+    # 40 draws: most drawn cases of these capabilities hold a frozen step, which the pytorch
+    # profile cannot express (skipped); 25 were enough only by the luck of an earlier draw order.
     out = _pytest(tmp_path, "--bnspec-adapter", f"{ROOT}/tests/fixtures/bad_adapters.py:BIASED_RUNNING_VAR",
-                  "--bnspec-examples", "1", "--bnspec-hypothesis", "25", "-k", "estimator or hypothesis")
+                  "--bnspec-examples", "1", "--bnspec-hypothesis", "40", "-k", "estimator or hypothesis")
     assert out.returncode == 1
     assert "2 failed" in out.stdout, out.stdout[-3000:]
     assert "explained by: running_var_update: 'biased', observed; 'unbiased', pytorch" in out.stdout

@@ -254,10 +254,10 @@ def test_html_matrix_renders_a_row_per_adapter_and_a_column_per_property(rendere
     assert [c["tag"] for c in header] == ["TH"] * (3 + len(props))
     assert [c["text"] for c in header] == ["adapter", "version", "declared profile", *props]
     assert [r[0]["text"] for r in body] == [a["name"] for a in summary["adapters"]] == ADAPTERS
-    for row, adapter in zip(body, summary["adapters"]):
+    for row, adapter in zip(body, summary["adapters"], strict=True):
         assert len(row) == 3 + len(props), f"row {adapter['name']} has {len(row)} cells"
         assert row[2]["text"] == adapter["declared_profile"]
-        for cell, prop in zip(row[3:], props):
+        for cell, prop in zip(row[3:], props, strict=True):
             expected = adapter["cells"][prop]
             assert cell["cls"] == expected["status"], (adapter["name"], prop)
             assert cell["text"] == cell_text(expected), (adapter["name"], prop)
@@ -326,7 +326,7 @@ def test_markdown_matrix_is_a_well_formed_gfm_table(report_dir, summary):
     delim_cells = _gfm_cells(delim)
     assert len(delim_cells) == ncol and all(re.fullmatch(r":?-{3,}:?", c) for c in delim_cells), delim
     assert len(rows) == len(summary["adapters"])
-    for row, adapter in zip(rows, summary["adapters"]):
+    for row, adapter in zip(rows, summary["adapters"], strict=True):
         assert row.startswith("|") and row.endswith("|"), row
         cells = _gfm_cells(row)
         assert len(cells) == ncol, f"{adapter['name']}: {len(cells)} cells, header has {ncol}"
