@@ -1,5 +1,5 @@
-"""The run: every property's cases through every adapter's warm worker, judged and
-explained (:mod:`bnspec.judging`), streamed to ``results.jsonl`` as they finish, resumable,
+"""The run: every property's cases through every adapter's warm worker, judged (:mod:`bnspec.judging`)
+and explained (:mod:`bnspec.attribution`), streamed to ``results.jsonl`` as they finish, resumable,
 then summarised (:mod:`bnspec.summary`).
 """
 
