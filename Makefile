@@ -51,11 +51,12 @@ lint: $(STAMP)
 # .venv as it is (no set-up step, so that the pre-commit hook stays quick): `make lint` sets up first.
 MYPY_TREE := build/mypy
 mypy:
-	rm -rf $(MYPY_TREE)/bnspec && mkdir -p $(MYPY_TREE)/bnspec
-	for e in bnspec/*; do test "$${e##*/}" = __pycache__ || ln -s "$(CURDIR)/$$e" $(MYPY_TREE)/bnspec/; done
-	ln -s "$(CURDIR)/adapters" $(MYPY_TREE)/bnspec/adapters
-	ln -s "$(CURDIR)/conformance" $(MYPY_TREE)/bnspec/conformance
-	cd $(MYPY_TREE) && { "$(CURDIR)/$(PY)" -m mypy --config-file "$(CURDIR)/pyproject.toml" bnspec \
+	@rm -rf $(MYPY_TREE)/bnspec && mkdir -p $(MYPY_TREE)/bnspec
+	@for e in bnspec/*; do test "$${e##*/}" = __pycache__ || ln -s "$(CURDIR)/$$e" $(MYPY_TREE)/bnspec/; done
+	@ln -s "$(CURDIR)/adapters" $(MYPY_TREE)/bnspec/adapters
+	@ln -s "$(CURDIR)/conformance" $(MYPY_TREE)/bnspec/conformance
+	@echo "mypy bnspec (with bnspec.adapters, bnspec.conformance) in $(MYPY_TREE)"
+	@cd $(MYPY_TREE) && { "$(CURDIR)/$(PY)" -m mypy --config-file "$(CURDIR)/pyproject.toml" bnspec \
 	  > mypy.out; status=$$?; sed -e 's#^bnspec/adapters/#adapters/#' \
 	  -e 's#^bnspec/conformance/#conformance/#' mypy.out; exit $$status; }
 
