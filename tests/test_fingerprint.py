@@ -19,16 +19,16 @@ import pytest
 
 from bnspec import fingerprint as fp
 from bnspec.adapter import Adapter
+from bnspec.adapters.reference import _ALL, ReferenceAdapter
 from bnspec.case import Case, Result
 from bnspec.discovery import adapter_names, discover, load_adapter_ref
 from bnspec.errors import SingleValueError, UnsupportedFeature
+from bnspec.probes import negative_variance
 from bnspec.profiles import PROFILES, get_semantics
 from bnspec.reference import emulate, reference
 from bnspec.semantics import Semantics
 from bnspec.tolerance import compare
 from tests.fixtures import bad_adapters as bad
-
-from bnspec.adapters.reference import _ALL, ReferenceAdapter
 
 # Profiles whose values span every candidate of every knob (conventions, estimators, debias,
 # first update, training/frozen statistics, the numerics knobs).
@@ -47,7 +47,7 @@ def _id(decision: fp.Decision) -> str:
 
 
 def _observe(decision: fp.Decision, sem: Semantics, declared: Semantics, *, emulated: bool,
-             ) -> dict[str, fp.Observation] | None:
+             ) -> dict[str, fp.ProbeObservation] | None:
     """What an implementation of ``sem`` shows on the decision's probes (first variant)."""
     run = emulate if emulated else reference
     observed = {}
@@ -56,10 +56,10 @@ def _observe(decision: fp.Decision, sem: Semantics, declared: Semantics, *, emul
         case = probe.build(np.random.default_rng(0), *probe.variants[0], 2)
         try:
             with np.errstate(all="ignore"):
-                observed[name] = fp.Observation(case, "test", result=run(
+                observed[name] = fp.ProbeObservation(case, "test", result=run(
                     case, sem, passed_as=declared.momentum_weights))
         except SingleValueError as exc:
-            observed[name] = fp.Observation(case, "test", raised=str(exc))
+            observed[name] = fp.ProbeObservation(case, "test", raised=str(exc))
         except UnsupportedFeature:
             return None  # such an implementation cannot run the probe (no frozen layer)
     return observed
@@ -70,7 +70,7 @@ def _combos(decision: fp.Decision, base: Semantics) -> list[dict[str, Any]]:
     return [dict(zip(decision.knobs, c, strict=True)) for c in itertools.product(*values)]
 
 
-def _worst_ratio(decision: fp.Decision, observed: dict[str, fp.Observation], sem: Semantics,
+def _worst_ratio(decision: fp.Decision, observed: dict[str, fp.ProbeObservation], sem: Semantics,
                  passed_as: str) -> float:
     """How many times the allowed error the observation misses ``sem`` by (inf: wrong kind)."""
     worst = 0.0
@@ -172,7 +172,7 @@ def test_one_pass_clamped_and_unclamped_are_told_apart_by_negative_variances():
         observed = _observe(decision, declared.replace(variance_algorithm=algorithm), declared,
                             emulated=True)
         assert observed is not None
-        assert fp._negative_variance(observed) == algorithm
+        assert negative_variance({p: o.result for p, o in observed.items() if o.result is not None}) == algorithm
 
 
 def test_every_knob_is_probed_or_says_why_not():
@@ -188,7 +188,7 @@ class _Emulating(Adapter):
 
     def run(self, case: Case) -> Result:
         self.check_supported(case)
-        sem = get_semantics(self.profile)
+        sem = self.declared_profile().semantics
         if any(s.frozen for s in case.steps) and sem.frozen_train_stats is None:
             raise UnsupportedFeature("no frozen layer")
         with np.errstate(all="ignore"):
@@ -206,6 +206,20 @@ def test_exact_and_emulated_implementations_of_every_profile_fingerprint_as_decl
         for knob, row in result["knobs"].items():
             if knob not in fp.NOT_PROBED and knob != "frozen_train_stats":
                 assert row["status"] in ("decided", "equivalent", "undetermined"), (knob, row)
+
+
+def test_an_adapter_carrying_its_own_profile_is_fingerprinted_against_it():
+    import dataclasses
+
+    from bnspec.profiles import get_profile
+
+    keras = get_profile("keras")
+    own = dataclasses.replace(keras, name="own_keras", cite={**keras.cite, "eps": "own/bn.py (eps=1e-3)"})
+    adapter = _Emulating(name="own", framework="bnspec", profile=own, capabilities=_ALL)
+    result = fp.fingerprint(adapter, in_process=True)
+    assert result["declared_profile"] == "own_keras"
+    assert all(row["agrees"] for row in result["knobs"].values()), result["knobs"]
+    assert result["knobs"]["momentum_weights"]["observed"] == "'running'"
 
 
 WRONG = {

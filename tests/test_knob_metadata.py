@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bnspec import fingerprint as fp
 from bnspec.attribution import alternatives
+from bnspec.probes import DECISIONS, PROBES
 from bnspec.profiles import get_semantics
 from bnspec.semantics import KNOBS, SETTABLE_KNOBS, Semantics
 
@@ -12,11 +12,11 @@ def test_every_knob_names_its_deciding_probe_or_why_none_can():
     for name, knob in KNOBS.items():
         assert (knob.probe is None) != (knob.not_probed is None), name
         if knob.probe is not None:
-            assert knob.probe in fp.PROBES, (name, knob.probe)
+            assert knob.probe in PROBES, (name, knob.probe)
 
 
 def test_the_fingerprint_decides_each_knob_with_the_probe_its_metadata_names():
-    for decision in fp.DECISIONS:
+    for decision in DECISIONS:
         probes = {p for p, _quantities, _steps in decision.uses}
         for name in decision.knobs:
             assert KNOBS[name].probe in probes, (name, KNOBS[name].probe, probes)

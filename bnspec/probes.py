@@ -1,0 +1,210 @@
+"""The fingerprint's probes and decisions: data, no inference (that is :mod:`bnspec.fingerprint`).
+
+Each probe is one small case built so that the candidate values of a few knobs give results that
+differ by orders of magnitude more than the tolerance model allows (``tests/test_fingerprint.py``
+checks that separation on the reference). A *decision* names the knobs it settles jointly, the
+probes and the quantities it reads. Which probe decides a knob is knob metadata
+(``bnspec.semantics.KNOBS[k].probe``); a test checks that it is one of its decision's probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bnspec.case import Case, Result, make_case
+
+# eps 2^-10, 2^-20 and momentum 1/8 are exact in float32, so ONNX's float32 attributes carry
+# them in a float64 graph and 1 - m is exact for the frameworks that weight the running value.
+_EPS = 2.0**-10
+_MOMENTUM = 0.125
+
+RUNNING = ("running_mean", "running_var")
+Use = tuple[str, tuple[str, ...], tuple[int, ...] | None]  # probe, quantities, steps (None: all)
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    doc: str
+    build: Callable[[np.random.Generator, str, str, int], Case]  # rng, dtype, param dtype, rank
+    variants: tuple[tuple[str, str], ...] = (("float64", "float64"), ("float32", "float32"))
+    may_raise: bool = False  # the framework raising is itself the observation
+
+
+@dataclass(frozen=True)
+class Decision:
+    knobs: tuple[str, ...]
+    uses: tuple[Use, ...]
+    # The tightest consistent setting wins: these numerics knobs widen the tolerance, so a looser
+    # setting accepts whatever a tighter one does. (The dtype knobs are numerics too, but a
+    # reported dtype is read exactly.)
+    numerics: bool = False
+    # Non-finite values must match in place: the tolerance model treats a bound that is itself
+    # NaN (an expected NaN running variance) as unconstrained, which would accept any value.
+    exact_nonfinite: bool = False
+    # Among equally tight settings, the value the probes' results point to (by probe name).
+    tie_break: Callable[[Mapping[str, Result]], Any] | None = None
+
+
+# -- the builders: data with a known batch mean and biased variance per channel --
+def _batch(rng: np.random.Generator, n: int, c: int, loc: float, spread: float) -> np.ndarray:
+    """n values per channel with mean ~loc*(1 + k/8) and biased std ~spread*(1 + k/4)."""
+    z = rng.normal(0.0, 1.0, (n, c))
+    if n > 1:
+        z = (z - z.mean(axis=0)) / z.std(axis=0)
+    else:
+        z[:] = 0.0
+    k = np.arange(c)
+    return (loc * (1 + k / 8) + 0.25 * rng.normal(0, 1, c) * (n == 1)) + z * spread * (1 + k / 4)
+
+
+def _ranked(x: np.ndarray, rank: int) -> np.ndarray:
+    return x.reshape(x.shape + (1,) * (rank - 2))
+
+
+def _case(xs: Sequence[np.ndarray], rank: int, dtype: str, param_dtype: str, label: str,
+          **kw: Any) -> Case:
+    kw.setdefault("eps", _EPS)
+    kw.setdefault("momentum", _MOMENTUM)
+    return make_case([_ranked(x, rank) for x in xs], dtype=dtype, param_dtype=param_dtype,
+                     label=label, **kw)
+
+
+def _ema_trajectory(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    xs = [_batch(rng, 2, 4, 5.0, 1.0), _batch(rng, 2, 4, -3.0, 2.0), _batch(rng, 2, 4, 0.5, 1.0)]
+    return _case(xs, rank, dt, pdt, "ema_trajectory", modes=["train", "train", "eval"],
+                 running_mean=np.array([1.0, -1.0, 0.5, 2.0]),
+                 running_var=np.array([2.0, 0.5, 1.0, 3.0]))
+
+
+def _eps_placement(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # Running statistics near the batch's, so the gap shows whichever statistics normalize.
+    return _case([_batch(rng, 8, 4, 1.0, 0.1)], rank, dt, pdt, "eps_placement", eps=0.5,
+                 running_mean=np.ones(4), running_var=np.full(4, 0.01))
+
+
+def _normalize_var(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    return _case([_batch(rng, 2, 4, 2.0, 1.0)], rank, dt, pdt, "normalize_var")
+
+
+def _eps_floor(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    return _case([_batch(rng, 8, 4, 0.0, 3e-3)], rank, dt, pdt, "eps_floor", eps=2.0**-20,
+                 running_var=np.full(4, 1e-5))
+
+
+def _train_stats(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    xs = [_batch(rng, 8, 4, 4.0, 2.0), _batch(rng, 8, 4, -2.0, 0.5)]
+    return _case(xs, rank, dt, pdt, "train_stats", modes=["train", "train"])
+
+
+def _frozen(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    xs = [_batch(rng, 8, 4, 3.0, 2.0), _batch(rng, 8, 4, -1.0, 0.5), _batch(rng, 8, 4, 0.0, 1.0)]
+    return _case(xs, rank, dt, pdt, "frozen", modes=["train", "train", "eval"],
+                 frozen=[False, True, False])
+
+
+def _single_value(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    xs = [_batch(rng, 1, 4, 1.0, 0.0), _batch(rng, 1, 4, 0.0, 0.0)]
+    return _case(xs, rank, dt, pdt, "single_value", modes=["train", "eval"],
+                 running_var=np.full(4, 2.0))
+
+
+def _large_offset(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # mean/std 1e4 in float32 (1e8 in float64): E[x^2] - E[x]^2 loses every digit, and over 32
+    # channels about half come out negative unless clamped.
+    offset = 1e4 if dt == "float32" else 1e8
+    x = offset + rng.normal(0.0, 1.0, (8, 32))
+    return _case([x, offset + rng.normal(0.0, 1.0, (8, 32))], rank, dt, pdt, "large_offset",
+                 modes=["train", "eval"], running_mean=np.full(32, offset))
+
+
+def _half_precision(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # Values on the input dtype's grid near 64 (a float16 sum of their squares stays finite)
+    # whose exact batch mean sits 3/8 of a grid step off it: a mean rounded to the input dtype
+    # is off by ~0.1 std, while reductions and normalization in float32 are exact to 1e-7.
+    loc, grid = 64.0, (2.0**-4 if dt == "float16" else 0.5)
+    x = loc + np.round(_batch(rng, 8, 4, 0.0, 4 * grid) / grid) * grid
+    residual = (x.sum(axis=0) / 8 - 3 * grid / 8) % grid
+    x[-1] -= residual * 8  # a multiple of grid/8 times 8: stays on the grid
+    return _case([x], rank, dt, pdt, "half_precision", momentum=0.5,
+                 running_mean=np.full(4, loc), running_var=np.full(4, 4.0))
+
+
+def _float64_compute(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    return _case([_batch(rng, 8, 4, 10.0, 1.0), _batch(rng, 8, 4, 10.0, 1.0)], rank, dt, pdt,
+                 "float64_compute", modes=["train", "eval"])
+
+
+def _mixed_params(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    return _case([_batch(rng, 8, 4, 1.0, 1.0), _batch(rng, 8, 4, 1.0, 1.0)], rank, dt, pdt,
+                 "mixed_params", modes=["train", "eval"])
+
+
+_HALF = (("float16", "float32"), ("float16", "float16"), ("bfloat16", "float32"),
+         ("bfloat16", "bfloat16"))
+PROBES: dict[str, Probe] = {p.name: p for p in [
+    Probe("ema_trajectory", "two training steps on batches of 2 from loaded running statistics, "
+          "then eval: whether they update, momentum convention, first update, debias, "
+          "running-variance estimator "
+          "(n/(n-1) = 2), eval statistics", _ema_trajectory),
+    Probe("eps_placement", "eps 0.5 on a variance of 0.01: sqrt(v+eps) 0.71 vs sqrt(v)+eps 0.6",
+          _eps_placement),
+    Probe("normalize_var", "one training step on batches of 2: the unbiased variance is twice "
+          "the biased one", _normalize_var),
+    Probe("eps_floor", "eps 2^-20 on a variance near 1e-5: a 1.001e-5 floor doubles v+eps",
+          _eps_floor),
+    Probe("train_stats", "two training steps with different batches: the second is normalized "
+          "by its own statistics or by the blended running ones", _train_stats),
+    Probe("frozen", "train, frozen train, eval: what a frozen layer normalizes with",
+          _frozen),
+    Probe("single_value", "one value per channel in training: error or a defined result",
+          _single_value, may_raise=True),
+    Probe("large_offset", "mean/std 1e4 in float32 over 32 channels: two-pass exact, one-pass "
+          "cancels (negative variances unless clamped)", _large_offset,
+          variants=(("float32", "float32"), ("float64", "float64"))),
+    Probe("half_precision", "float16 batch whose mean is off the float16 grid: reductions and "
+          "normalization in float16 or float32", _half_precision, variants=_HALF),
+    Probe("float64_compute", "float64 batch: reductions in float64 or in float32",
+          _float64_compute, variants=(("float64", "float64"),)),
+    Probe("mixed_params", "input and parameters in different dtypes: output and state dtypes",
+          _mixed_params, variants=(("float32", "float64"), ("float16", "float64"),
+                                   ("bfloat16", "float64"), *_HALF)),
+]}
+
+
+def negative_variance(results: Mapping[str, Result]) -> str:
+    """one_pass if a batch variance came out negative (NaN output, negative running variance)."""
+    result = results.get("large_offset")
+    if result is None:
+        return "one_pass_clamped"
+    for s in result.steps:
+        if np.isnan(s.y).any() or any(v is not None and bool((v < 0).any())
+                                      for v in (s.running_var, s.batch_var)):
+            return "one_pass"
+    return "one_pass_clamped"
+
+
+_Y = ("y",)
+_DTYPE_PROBES = ("mixed_params", "half_precision", "float64_compute")
+DECISIONS: tuple[Decision, ...] = (
+    Decision(("running_update", "momentum_weights", "first_update", "ema_debias",
+              "running_var_update"),
+             (("ema_trajectory", RUNNING, None),)),
+    Decision(("train_stats", "normalize_var", "eps_placement", "eps_floor"),
+             (("eps_placement", _Y, None), ("normalize_var", _Y, None), ("eps_floor", _Y, None),
+              ("train_stats", _Y, None))),
+    Decision(("eval_stats",), (("ema_trajectory", _Y, (2,)),)),
+    Decision(("frozen_train_stats",), (("frozen", _Y + RUNNING, (1,)),)),
+    Decision(("single_value",), (("single_value", _Y + RUNNING, None),), exact_nonfinite=True),
+    Decision(("variance_algorithm",), (("large_offset", _Y + RUNNING + ("batch_var",), (0,)),),
+             numerics=True, tie_break=negative_variance),
+    Decision(("compute_dtype", "normalize_dtype"),
+             (("half_precision", _Y + RUNNING, None),
+              ("float64_compute", _Y + RUNNING, None)), numerics=True),
+    Decision(("output_dtype",), tuple((p, ("y_dtype",), None) for p in _DTYPE_PROBES)),
+    Decision(("state_dtype",), tuple((p, ("running_dtype",), None) for p in _DTYPE_PROBES)),
+)
