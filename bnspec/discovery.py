@@ -3,6 +3,10 @@
 Built-in adapters are registered in bnspec's own pyproject exactly like a third party's. A
 broken third-party adapter is a warning, unless the user asked for it by name. Loading an
 adapter module never imports its framework (that happens in the worker's ``setup``).
+
+Profiles are found the same way, under the ``bnspec.profiles`` group, by
+:mod:`bnspec.profiles.registry`: every profile lookup goes through it, so it sits with the
+profiles, below the adapter protocol that refers to them.
 """
 
 from __future__ import annotations
