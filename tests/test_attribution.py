@@ -94,3 +94,17 @@ def test_an_explanation_survives_json_with_its_tuple_values():
 def test_statuses_say_which_are_non_conformances():
     assert {s for s in Status if s.is_nonconformance} == {Status.MISMATCH, Status.FAILURE}
     assert Status("fail") is Status.MISMATCH and Status.FAILURE == "failure"
+
+
+def test_a_mismatch_with_the_baseline_as_declared_profile_is_explained_once(monkeypatch):
+    import bnspec.attribution as attribution
+
+    case, obs, declared = _first_catch(bad.BIASED_RUNNING_VAR)
+    calls = []
+    real = attribution.explain
+    monkeypatch.setattr(attribution, "explain", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    judgement = attribution.judge_observation(case, declared, declared, obs)
+    assert len(calls) == 1
+    assert not judgement.verdict.ok and not judgement.baseline_agrees
+    assert judgement.explanation.flips("running_var_update")
+    assert judgement.baseline_knobs == judgement.explanation.knobs == ("running_var_update",)

@@ -237,3 +237,18 @@ def test_the_builtin_registry_is_valid_and_cites_every_entry():
     for e in entries:
         assert e.reason and e.link
         assert any(e.covers(n) for n in names), f"{e.id} covers no registered adapter"
+
+
+def test_a_known_divergence_is_identified_by_a_typed_knob_flip_not_by_text():
+    from bnspec.known import KnownDivergence
+    from bnspec.records import Explanation, Status
+
+    entry = KnownDivergence(id="x", adapter=("conv*",), properties=(), reason="r", link="l", knob="running_update")
+    pair = Explanation.of([{"running_update": ("none", "ema"), "train_stats": ("running", "batch")}])
+    assert entry.matches("converter", "train_output", Status.MISMATCH, "", pair)
+    assert not entry.matches("converter", "train_output", Status.FAILURE, "", pair)
+    assert not entry.matches("other", "train_output", Status.MISMATCH, "", pair)
+    # the knob's name in the detail, or in a value, is not a flip of it
+    assert not entry.matches("converter", "train_output", Status.MISMATCH, "running_update: 'none'", Explanation())
+    assert not entry.matches("converter", "train_output", Status.MISMATCH, "",
+                             Explanation.of([{"train_stats": ("running_update", "batch")}]))
