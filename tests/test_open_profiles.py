@@ -96,13 +96,19 @@ def test_diff_against_a_third_party_profile_cites_both_sides(mybn):
 
 
 def test_run_checks_an_adapter_against_the_third_party_profile_it_declares(mybn, tmp_path):
-    out = bnspec("run", "--adapter-path", "bnspec_mybn.adapter:ADAPTER", "--properties", "estimator,train_output",
-                 "--examples", "1", "--no-shrink", "--out", str(tmp_path / "out"), path=[mybn], cwd=tmp_path)
+    (tmp_path / "mine.py").write_text("from bnspec_mybn.adapter import MyBatchNorm\n"
+                                      "ADAPTER = MyBatchNorm(name='mine', framework='numpy', profile='mybn')\n")
+    out = bnspec("run", "--adapter-path", "mine.py:ADAPTER", "--adapters", "mybn_numpy", "--examples", "1",
+                 "--out", str(tmp_path / "out"), path=[mybn], cwd=tmp_path)
     assert out.returncode in (0, 1), out.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    entry = summary["adapters"][0]
-    assert entry["declared_profile"] == "mybn"
-    assert entry["conforms"], entry["non_conformances"]
+    entries = {a["name"]: a for a in summary["adapters"]}
+    assert set(entries) == {"mine", "mybn_numpy"}  # a path, and the package's own adapter entry point
+    for entry in entries.values():
+        assert entry["declared_profile"] == "mybn"
+        assert entry["conforms"], entry["non_conformances"]
+        assert "running_var_update" in entry["divergences"]  # from the baseline, pytorch: mybn's knob
+    assert out.returncode == 0
 
 
 # -- broken third-party profiles --

@@ -18,6 +18,7 @@ Asking for a built-in profile by name loads no entry point.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -96,13 +97,17 @@ def _normalize(dist: str) -> str:
 
 
 _LOADED: dict[tuple[str, str, str], Profile | ProfileLoadError] = {}
+# Loading is serialized (fingerprints run in threads); re-entrant, for a third-party module that
+# looks up a profile while it is being loaded.
+_LOCK = threading.RLock()
 
 
 def _load(ep: metadata.EntryPoint) -> Profile:
     """Load and validate one entry point, once; raise :class:`ProfileLoadError` (one line)."""
     key = (ep.name, ep.value, ep.dist.name if ep.dist is not None else "")
-    if key not in _LOADED:
-        _LOADED[key] = _try_load(ep)
+    with _LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _try_load(ep)
     found = _LOADED[key]
     if isinstance(found, ProfileLoadError):
         raise found
@@ -172,27 +177,30 @@ def _all() -> tuple[dict[str, Profile], dict[str, ProfileSource]]:
     global _ALL, _BUILDING
     if _ALL is not None:
         return _ALL
-    profiles = dict(builtin_profiles())
-    sources = dict.fromkeys(profiles, _BUILTIN_SOURCE)
-    if _BUILDING:  # a third-party module reading PROFILES as it is loaded sees the built-ins
-        return profiles, sources
-    _BUILDING = True
-    try:
-        for name, eps in _entry_points().items():
-            refusal = _refusal(name)
-            if refusal is not None:
-                warnings.warn(refusal, ProfileWarning, stacklevel=4)
-                continue
-            try:
-                profiles[name] = _load(eps[0])
-            except ProfileLoadError as exc:
-                warnings.warn(f"skipping {exc}", ProfileWarning, stacklevel=4)
-                continue
-            sources[name] = _source(eps[0])
-    finally:
-        _BUILDING = False
-    _ALL = profiles, sources
-    return _ALL
+    with _LOCK:
+        if _ALL is not None:
+            return _ALL
+        profiles = dict(builtin_profiles())
+        sources = dict.fromkeys(profiles, _BUILTIN_SOURCE)
+        if _BUILDING:  # a third-party module reading PROFILES as it is loaded sees the built-ins
+            return profiles, sources
+        _BUILDING = True
+        try:
+            for name, eps in _entry_points().items():
+                refusal = _refusal(name)
+                if refusal is not None:
+                    warnings.warn(refusal, ProfileWarning, stacklevel=4)
+                    continue
+                try:
+                    profiles[name] = _load(eps[0])
+                except ProfileLoadError as exc:
+                    warnings.warn(f"skipping {exc}", ProfileWarning, stacklevel=4)
+                    continue
+                sources[name] = _source(eps[0])
+        finally:
+            _BUILDING = False
+        _ALL = profiles, sources
+        return _ALL
 
 
 def all_profiles() -> dict[str, Profile]:
@@ -256,8 +264,9 @@ PROFILES: Mapping[str, Profile] = _Profiles()
 def _clear_cache() -> None:
     """Forget what was found (tests that install or fake entry points)."""
     global _ALL
-    builtin_profiles.cache_clear()
-    _entry_points.cache_clear()
-    _LOADED.clear()
-    _ALL = None
+    with _LOCK:
+        builtin_profiles.cache_clear()
+        _entry_points.cache_clear()
+        _LOADED.clear()
+        _ALL = None
 
