@@ -110,18 +110,22 @@ def _profile_rows(adapters: dict[str, Any]) -> list[dict[str, Any]]:
 
 @cli.command()
 @click.option("--adapters", help="Comma-separated adapter names (default: every installed one).")
-@click.option("--adapter-path", "adapter_paths", multiple=True, help="module:attr or file.py:attr of an adapter not installed as a package.")
+@click.option("--adapter-path", "adapter_paths", multiple=True,
+              help="module:attr or file.py:attr of an adapter not installed as a package.")
 @click.option("--baseline", default="pytorch", show_default=True, help="Profile that divergences are measured from.")
 @click.option("--properties", help="Comma-separated properties (default: all).")
 @click.option("--examples", default=3, show_default=True, type=int, help="Cases per property.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--jobs", default=1, show_default=True, type=int, help="Adapters run in parallel.")
-@click.option("--timeout", default=120.0, show_default=True, type=float, help="Seconds per case before the worker is restarted.")
+@click.option("--timeout", default=120.0, show_default=True, type=float,
+              help="Seconds per case before the worker is restarted.")
 @click.option("--memory-limit", "memory_limit", default=8192, show_default=True, type=int,
               help="MiB of resident memory a worker may use before its case is stopped (0: no limit).")
 @click.option("--known", "known_path", type=click.Path(path_type=Path),
-              help="Registry of known divergences (TOML; default: bnspec's own). 'none': treat every divergence as new.")
-@click.option("--shrink/--no-shrink", default=True, show_default=True, help="Shrink each failure to a minimal case with Hypothesis.")
+              help="Registry of known divergences (TOML; default: bnspec's own). "
+                   "'none': treat every divergence as new.")
+@click.option("--shrink/--no-shrink", default=True, show_default=True,
+              help="Shrink each failure to a minimal case with Hypothesis.")
 @click.option("--out", default="bnspec-out", show_default=True, type=click.Path(path_type=Path))
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
               help="Complete the interrupted run in this directory (its options are read from it).")
@@ -146,7 +150,8 @@ def run(ctx: click.Context, adapters: str | None, adapter_paths: tuple[str, ...]
     if memory_limit < 0:
         _fail(f"--memory-limit must be 0 (no limit) or a number of MiB (got {memory_limit})")
     if resume_dir is not None:
-        given = [f"--{n.replace('_', '-')}" for n in ("adapters", "adapter_paths", "baseline", "properties", "examples", "seed", "out")
+        fixed = ("adapters", "adapter_paths", "baseline", "properties", "examples", "seed", "out")
+        given = [f"--{n.replace('_', '-')}" for n in fixed
                  if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
         if given:
             _fail(f"--resume reads the run's options from {resume_dir}; drop {', '.join(given)}")
