@@ -114,7 +114,7 @@ class Adapter:
             raise UnsupportedFeature("train steps")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def version_in_env(python: str, dist: str) -> str | None:
     """A distribution's version in the environment of interpreter ``python`` (its metadata)."""
     from pathlib import Path
@@ -131,7 +131,7 @@ def version_in_env(python: str, dist: str) -> str | None:
 _DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _version(dist: str) -> str | None:
     for name in _DISTRIBUTIONS.get(dist, (dist,)):
         try:

@@ -157,9 +157,10 @@ class Bounds:
                 rr, dl = r.reshape(-1), dlog_r.reshape(-1)
                 # dgamma and dbeta are returned in the parameters' dtype: one more rounding.
                 u_p = unit_roundoff(case.param_dtype)
+                dgamma = res.dgamma if res.dgamma is not None else 0
                 bounds["dgamma"] = Bound(self.u_c * g * s_dyx + s_dy * rr * bm.reshape(-1)
-                                          + s_dyx * dl * bv.reshape(-1) + u_p * np.abs(res.dgamma if res.dgamma is not None else 0),
-                                          s_dyx + s_dy * 0, self.units["compute"])
+                                         + s_dyx * dl * bv.reshape(-1) + u_p * np.abs(dgamma),
+                                         s_dyx, self.units["compute"])
                 bounds["dbeta"] = Bound(self.u_c * g * s_dy + u_p * s_dy, s_dy, self.units["compute"])
 
 

@@ -44,9 +44,12 @@ def cli() -> None:
 
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def list_cmd(as_json: bool) -> None:
+@click.option("--profiles", "profiles_only", is_flag=True,
+              help="Only the profiles: every one registered, and where it comes from.")
+def list_cmd(as_json: bool, profiles_only: bool) -> None:
     """Adapters found, whether their framework is installed, and its version; then every profile and
-    where it is registered (no framework is imported)."""
+    where it is registered (no framework is imported). ``--json`` is the adapters' array, as
+    scripts read it; ``--profiles --json`` the profiles'."""
     import warnings
 
     from bnspec.discovery import discover
@@ -66,13 +69,15 @@ def list_cmd(as_json: bool) -> None:
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if as_json:
-        click.echo(json.dumps(rows + profiles, indent=2))
+        click.echo(json.dumps(profiles if profiles_only else rows, indent=2))
         return
-    width = max((len(r["name"]) for r in rows), default=4)
-    for r in rows:
-        version = r["version"] or "not installed"
-        click.echo(f"{r['name']:<{width}}  {r['framework']:<12} {version:<14} {r['declared_profile']}")
-    click.echo("\nprofiles:")
+    if not profiles_only:
+        width = max((len(r["name"]) for r in rows), default=4)
+        for r in rows:
+            version = r["version"] or "not installed"
+            click.echo(f"{r['name']:<{width}}  {r['framework']:<12} {version:<14} {r['declared_profile']}")
+        click.echo("")
+    click.echo("profiles:")
     width = max((len(r["name"]) for r in profiles), default=4)
     for r in profiles:
         click.echo(f"  {r['name']:<{width}}  {r['framework']:<12} {r['source']}")

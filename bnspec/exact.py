@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from fractions import Fraction
-from typing import Union
+from typing import TypeAlias
 
-Num = Union[Fraction, float]
+Num: TypeAlias = Fraction | float
 SQRT_BITS = 256
 
 

@@ -73,13 +73,13 @@ def exact_steps(
         var_b: list[Num] = []
         if sp.needs_batch:
             mean_b = [sum(xc, Fraction(0)) / n for xc in x]
-            var_b = [sum(((v - m) ** 2 for v in xc), Fraction(0)) / n for xc, m in zip(x, mean_b)]
+            var_b = [sum(((v - m) ** 2 for v in xc), Fraction(0)) / n for xc, m in zip(x, mean_b, strict=True)]
             q["batch_mean"], q["batch_var"] = mean_b, var_b
         if sp.updating:
             w = sp.weight
             var_in = [_mul(v, sp.running_var_factor) for v in var_b]
-            hidden_mean = [_add(_mul(h, 1 - w), _mul(b, w)) for h, b in zip(hidden_mean, mean_b)]
-            hidden_var = [_add(_mul(h, 1 - w), _mul(b, w)) for h, b in zip(hidden_var, var_in)]
+            hidden_mean = [_add(_mul(h, 1 - w), _mul(b, w)) for h, b in zip(hidden_mean, mean_b, strict=True)]
+            hidden_var = [_add(_mul(h, 1 - w), _mul(b, w)) for h, b in zip(hidden_var, var_in, strict=True)]
         read_mean = [_div(h, sp.debias) for h in hidden_mean]
         read_var = [_div(h, sp.debias) for h in hidden_var]
         if plan.track:
@@ -88,8 +88,8 @@ def exact_steps(
             mean_s, var_s = read_mean, read_var
         else:
             mean_s, var_s = mean_b, [_mul(v, sp.normalize_var_factor) for v in var_b]
-        r, dr = zip(*(_inv_std(v, plan.eps, plan.eps_placement) for v in var_s))
-        xhat = [[_mul(v - m, rc) for v in xc] for xc, m, rc in zip(x, mean_s, r)]
+        r, dr = zip(*(_inv_std(v, plan.eps, plan.eps_placement) for v in var_s), strict=True)
+        xhat = [[_mul(v - m, rc) for v in xc] for xc, m, rc in zip(x, mean_s, r, strict=True)]
         q["y"] = [
             [_add(_mul(h, gamma[c]), beta[c]) for h in xh] if gamma and beta else xh
             for c, xh in enumerate(xhat)
@@ -108,20 +108,20 @@ def _gradients(
     with the batch mean by w_mean, var_s with the biased batch variance by w_var (d var_b / dx_i
     = 2 (x_i - mean_b) / n)."""
     dx: Channels = []
-    for c, (xc, gc) in enumerate(zip(x, g)):
+    for c, (xc, gc) in enumerate(zip(x, g, strict=True)):
         n = len(xc)
         gm = gamma[c] if gamma else Fraction(1)
         g_mean = sum(gc, Fraction(0)) / n
-        gx_mean = sum((gv * (v - mean_s[c]) for gv, v in zip(gc, xc)), Fraction(0)) / n
+        gx_mean = sum((gv * (v - mean_s[c]) for gv, v in zip(gc, xc, strict=True)), Fraction(0)) / n
         row = [_mul(_mul(gm, r[c]), gv - _mul(w_mean, g_mean)) for gv in gc]
         if w_var != 0:
             k = _mul(_mul(_mul(2 * gm, w_var), dr[c]), gx_mean)
-            row = [_add(d, _mul(k, v - mean_b[c])) for d, v in zip(row, xc)]
+            row = [_add(d, _mul(k, v - mean_b[c])) for d, v in zip(row, xc, strict=True)]
         dx.append(row)
     if gamma is None:
         return {"dx": dx}
     dbeta = [sum(gc, Fraction(0)) for gc in g]
-    dgamma = [_sum(_mul(gv, h) for gv, h in zip(gc, xh)) for gc, xh in zip(g, xhat)]
+    dgamma = [_sum(_mul(gv, h) for gv, h in zip(gc, xh, strict=True)) for gc, xh in zip(g, xhat, strict=True)]
     return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
 
 

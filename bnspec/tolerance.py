@@ -35,12 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from bnspec.bounds import Bound, Bounds, K
 from bnspec.case import Case, Result, StepResult
 from bnspec.dtypes import unit_roundoff
-from bnspec.bounds import K, Bound, Bounds
 from bnspec.plan import make_plan
 from bnspec.reference import reference
 from bnspec.semantics import MomentumWeights, Semantics
+
 
 @dataclass
 class Check:

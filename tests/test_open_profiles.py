@@ -65,9 +65,10 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # -- a third-party profile, installed --
 def test_an_installed_third_party_profile_is_listed_with_its_distribution_and_version(mybn):
-    out = bnspec("list", "--json", path=[mybn])
+    out, adapters = bnspec("list", "--profiles", "--json", path=[mybn]), bnspec("list", "--json", path=[mybn])
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
-    rows = {(r.get("kind"), r["name"]): r for r in json.loads(out.stdout)}
+    rows = {(r.get("kind"), r["name"]): r for r in json.loads(out.stdout) + json.loads(adapters.stdout)}
+    assert {r["kind"] for r in json.loads(adapters.stdout)} == {"adapter"}  # the adapters' array, as before
     row = rows[("profile", "mybn")]
     assert (row["distribution"], row["version"], row["builtin"]) == ("bnspec-mybn", "0.3.1", False)
     assert row["entry_point"] == "mybn = bnspec_mybn:MYBN"
@@ -78,7 +79,7 @@ def test_an_installed_third_party_profile_is_listed_with_its_distribution_and_ve
 
 
 def test_list_with_a_third_party_profile_imports_no_framework(mybn):
-    code = ("import sys; from bnspec.cli import cli; cli.main(['list', '--json'], standalone_mode=False); "
+    code = ("import sys; from bnspec.cli import cli; cli.main(['list', '--profiles', '--json'], standalone_mode=False); "
             "assert not {'torch', 'tensorflow', 'jax', 'keras', 'onnxruntime'} & set(sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(mybn)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

@@ -90,7 +90,7 @@ def _scales(case: Case, sem: Semantics) -> list[dict[str, np.ndarray]]:
     s_hidden_m, s_hidden_v = np.abs(case.running_mean), np.abs(case.running_var)
     hidden_m, hidden_v = np.abs(case.running_mean), np.abs(case.running_var)
     out = []
-    for step, sp, res in zip(case.steps, plan.steps, ref.steps):
+    for step, sp, res in zip(case.steps, plan.steps, ref.steps, strict=True):
         x = _chan(step.x)
         n = x.shape[1]
         a = np.abs(x).mean(axis=1)
@@ -247,8 +247,8 @@ H = Fraction(1, 2**40)
 def _loss(case: Case, sem: Semantics, step: int, x: list[list[Fraction]] | None = None) -> Fraction:
     q = exact_steps(case, sem, x_override=None if x is None else {step: x})[step]
     g = _chan(case.steps[step].grad_output)
-    return sum((Fraction(gv) * y for gc, yc in zip(g.tolist(), q["y"]) for gv, y in zip(gc, yc)),
-               Fraction(0))
+    pairs = (zip(gc, yc, strict=True) for gc, yc in zip(g.tolist(), q["y"], strict=True))
+    return sum((Fraction(gv) * y for row in pairs for gv, y in row), Fraction(0))
 
 
 def _tiny_case(sem: Semantics, modes: list[str], frozen: list[bool] | None = None) -> Case:

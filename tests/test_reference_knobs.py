@@ -24,7 +24,7 @@ BASE = Semantics(eps=0.0, momentum_weights="batch", running_var_update="biased",
 def _both(case, sem, **kw):  # type: ignore[no-untyped-def]
     """The reference, checked to agree with the exact oracle on these exact small cases."""
     ref, exact = reference(case, sem, **kw), oracle(case, sem, **kw)
-    for r, e in zip(ref.steps, exact.steps):
+    for r, e in zip(ref.steps, exact.steps, strict=True):
         for q in r.QUANTITIES:
             if getattr(e, q) is not None:
                 np.testing.assert_allclose(getattr(r, q), getattr(e, q), rtol=4e-16, atol=0)
