@@ -54,6 +54,7 @@ class Bounds:
         self.u_in = unit_roundoff(case.dtype)
         self.units = {"compute": ar.compute, "output": ar.output, "state": state}
         self.one_pass = ar.algorithm != "two_pass"
+        self.folded = ar.affine_form == "folded"
         self.case, self.plan = case, plan
         self.eps = plan.eps_float
         self.per_step: list[dict[str, Bound]] = []
@@ -138,6 +139,8 @@ class Bounds:
             y = res.y
             b_y = (gamma * r * (bm + self.u_n * np.abs(m_s.reshape(shape)))
                    + gamma * xhat * (dlog_r * bv + 2 * self.u_n) + self.u_n * beta + self.u_o * np.abs(y))
+            if self.folded:  # x s and mean s, each rounded, cancel to y: their roundings stay
+                b_y = b_y + self.u_n * gamma * r * (np.abs(x) + 2 * np.abs(m_s.reshape(shape)))
             # Where the variance's own error bound reaches the variance (one-pass cancellation
             # with |mean| >> std), the output is unconstrained: even NaN is within the model.
             b_y = np.where(dlog_r * bv * K["batch_var"] >= 1, np.inf, b_y)

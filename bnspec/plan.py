@@ -25,7 +25,7 @@ from bnspec.case import Case, Mode, Step
 from bnspec.dtypes import more_precise
 from bnspec.errors import SingleValueError, UnsupportedFeature
 from bnspec.exact import Num, div, mul
-from bnspec.semantics import EpsPlacement, MomentumWeights, Semantics, StatsSource, VarianceAlgorithm
+from bnspec.semantics import AffineForm, EpsPlacement, MomentumWeights, Semantics, StatsSource, VarianceAlgorithm
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Dtypes:
     state: str  # the running statistics
     created: str  # the running statistics when loaded, before a wider batch promotes them
     algorithm: VarianceAlgorithm
+    affine_form: AffineForm
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def dtypes_of(sem: Semantics, case: Case) -> Dtypes:
     output = {"input": dtype, "parameters": params, "state": state}[sem.output_dtype]
     normalize = dtype if sem.normalize_dtype == "input" else compute
     created = "float32" if sem.state_dtype == "promote_float32" else state
-    return Dtypes(compute, normalize, output, state, created, sem.variance_algorithm)
+    return Dtypes(compute, normalize, output, state, created, sem.variance_algorithm, sem.affine_form)
 
 
 def make_plan(case: Case, sem: Semantics, *, passed_as: MomentumWeights | None = None) -> Plan:

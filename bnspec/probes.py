@@ -144,6 +144,22 @@ def _mixed_params(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Cas
                  "mixed_params", modes=["train", "eval"])
 
 
+# A constant channel equal to its running mean: centered (x - mean) s + beta is beta exactly;
+# folded x s + (beta - mean s) keeps the roundings of the two large products, ~u |mean s|.
+# gamma, beta and the variances are exact in float32 and known to the tie-break below. beta
+# carries bits below the spacing of mean s (2^-9 to 2^-8 here), so that beta - mean s is rounded
+# even where an unfused x s + shift would otherwise cancel back to beta exactly.
+AFFINE_CHANNELS, AFFINE_LOC = 32, 3e4
+AFFINE_BETA = np.arange(AFFINE_CHANNELS) / 8 - 2 + (2 * np.arange(AFFINE_CHANNELS) + 1) * 2.0**-12
+
+
+def _affine_form(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    k = np.arange(AFFINE_CHANNELS)
+    return _case([np.full((8, AFFINE_CHANNELS), AFFINE_LOC)], rank, dt, pdt, "affine_form",
+                 modes=["eval"], running_mean=np.full(AFFINE_CHANNELS, AFFINE_LOC),
+                 running_var=0.5 + k / 32, gamma=1 + k / 16, beta=AFFINE_BETA)
+
+
 _HALF = (("float16", "float32"), ("float16", "float16"), ("bfloat16", "float32"),
          ("bfloat16", "bfloat16"))
 PROBES: dict[str, Probe] = {p.name: p for p in [
@@ -170,6 +186,9 @@ PROBES: dict[str, Probe] = {p.name: p for p in [
           "normalization in float16 or float32", _half_precision, variants=_HALF),
     Probe("float64_compute", "float64 batch: reductions in float64 or in float32",
           _float64_compute, variants=(("float64", "float64"),)),
+    Probe("affine_form", "eval on constant float32 channels equal to a running mean of 3e4: "
+          "(x - mean) s + beta is beta exactly, x s + (beta - mean s) is off by ~u |mean s|",
+          _affine_form, variants=(("float32", "float32"),)),
     Probe("mixed_params", "input and parameters in different dtypes: output and state dtypes",
           _mixed_params, variants=(("float32", "float64"), ("float16", "float64"),
                                    ("bfloat16", "float64"), *_HALF)),
@@ -186,6 +205,17 @@ def negative_variance(results: Mapping[str, Result]) -> str:
                                       for v in (s.running_var, s.batch_var)):
             return "one_pass"
     return "one_pass_clamped"
+
+
+def exact_constant_channels(results: Mapping[str, Result]) -> str:
+    """centered if the affine_form probe's constant channels came back as beta (to the float32
+    rounding of beta), else folded."""
+    result = results.get("affine_form")
+    if result is None:
+        return "centered"
+    y = np.moveaxis(result.steps[0].y, 1, 0).reshape(AFFINE_CHANNELS, -1)
+    off = np.abs(y - AFFINE_BETA[:, None]).max(axis=1)
+    return "centered" if bool((off <= 2.0**-23 * np.abs(AFFINE_BETA)).all()) else "folded"
 
 
 _Y = ("y",)
@@ -205,6 +235,9 @@ DECISIONS: tuple[Decision, ...] = (
     Decision(("compute_dtype", "normalize_dtype"),
              (("half_precision", _Y + RUNNING, None),
               ("float64_compute", _Y + RUNNING, None)), numerics=True),
+    # Both forms agree within the tolerance: the constant channels' exactness decides.
+    Decision(("affine_form",), (("affine_form", _Y, None),), numerics=True,
+             tie_break=exact_constant_channels),
     Decision(("output_dtype",), tuple((p, ("y_dtype",), None) for p in _DTYPE_PROBES)),
     Decision(("state_dtype",), tuple((p, ("running_dtype",), None) for p in _DTYPE_PROBES)),
 )

@@ -35,6 +35,7 @@ class _Arith:
     state: str
     created: str
     algorithm: str
+    affine_form: str = "centered"
 
     def cast(self, a: np.ndarray | float, dtype: str) -> np.ndarray:
         # copy=False: a cast to the dtype an array already has is free (the exact path's case);
@@ -56,7 +57,7 @@ def arithmetic_of(semantics: Semantics, case: Case) -> Dtypes:
 
 
 def _emulated(d: Dtypes) -> _Arith:
-    return _Arith(d.compute, d.normalize, d.output, d.state, d.created, d.algorithm)
+    return _Arith(d.compute, d.normalize, d.output, d.state, d.created, d.algorithm, d.affine_form)
 
 
 def reference(case: Case, semantics: Semantics, *, passed_as: MomentumWeights | None = None) -> Result:
@@ -161,6 +162,9 @@ def _normalize(
     mean = ar.cast(mean.reshape(shape), ar.compute)
     inv = _inv_std(ar.cast(var.reshape(shape), ar.compute), plan)
     mean, inv = ar.cast(mean, ar.normalize), ar.cast(inv, ar.normalize)
+    if ar.affine_form == "folded":
+        return ar.cast(_folded(ar.cast(x, ar.normalize), mean, inv, case, ar).astype(np.float64, copy=False),
+                       ar.output).astype(np.float64, copy=False)
     # In place on the one array allocated here: the same roundings as y = (x - mean) * inv ...
     y = np.subtract(ar.cast(x, ar.normalize), mean)
     y *= inv
@@ -168,6 +172,18 @@ def _normalize(
         y *= ar.cast(case.gamma.reshape(shape), ar.normalize)
         y += ar.cast(case.beta.reshape(shape), ar.normalize)
     return ar.cast(y.astype(np.float64, copy=False), ar.output).astype(np.float64, copy=False)
+
+
+def _folded(x: np.ndarray, mean: np.ndarray, inv: np.ndarray, case: Case, ar: _Arith) -> np.ndarray:
+    """y = x * s + (beta - mean * s), s = gamma * inv, each rounded in the normalize dtype: the
+    per-channel scale and shift a kernel precomputes so that each element costs one multiply-add.
+    Where |mean| >> std, x * s and the shift are large and cancel: their roundings stay in y. (A
+    fused multiply-add drops the rounding of x * s; the bounds allow for either.)"""
+    s = inv if case.gamma is None else inv * ar.cast(case.gamma.reshape(inv.shape), ar.normalize)
+    shift = -(mean * s) if case.beta is None else ar.cast(case.beta.reshape(inv.shape), ar.normalize) - mean * s
+    y = x * s
+    y += shift
+    return y
 
 
 def _inv_std(var: np.ndarray, plan: Plan) -> np.ndarray:

@@ -25,6 +25,7 @@ NormalizeDtype = Literal["input", "compute"]
 OutputDtype = Literal["input", "parameters", "state"]
 StateDtype = Literal["input", "float32", "parameters", "promote_float32"]
 SingleValue = Literal["error", "allowed", "nan"]
+AffineForm = Literal["centered", "folded"]
 
 
 KnobKind = Literal["semantics", "numerics"]
@@ -197,6 +198,15 @@ KNOBS: dict[str, Knob] = {
             ("error", "allowed", "nan"),
             probe="single_value",
         ),
+        Knob(
+            "affine_form",
+            "how y is formed from the statistics: centered (x - mean) * s + beta, or folded "
+            "x * s + (beta - mean * s) with s = gamma / sqrt(var + eps); equal in exact "
+            "arithmetic, the folded form cancels where |mean| >> std",
+            ("centered", "folded"),
+            numerics=True,
+            probe="affine_form",
+        ),
     ]
 }
 
@@ -228,6 +238,7 @@ class Semantics:
     output_dtype: OutputDtype = "input"
     state_dtype: StateDtype = "input"
     single_value: SingleValue = "error"
+    affine_form: AffineForm = "centered"
 
     def __post_init__(self) -> None:
         for name, knob in KNOBS.items():

@@ -79,7 +79,8 @@ def test_an_installed_third_party_profile_is_listed_with_its_distribution_and_ve
 
 
 def test_list_with_a_third_party_profile_imports_no_framework(mybn):
-    code = ("import sys; from bnspec.cli import cli; cli.main(['list', '--profiles', '--json'], standalone_mode=False); "
+    code = ("import sys; from bnspec.cli import cli; "
+            "cli.main(['list', '--profiles', '--json'], standalone_mode=False); "
             "assert not {'torch', 'tensorflow', 'jax', 'keras', 'onnxruntime'} & set(sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(mybn)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

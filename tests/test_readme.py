@@ -47,8 +47,8 @@ def test_readme_profile_package_registers_a_profile_that_list_and_diff_use(tmp_p
     (package / "mybn_bnspec.py").write_text(_block("python", "# mybn_bnspec.py"))
     site = pip_install(package, tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": str(site)}
-    listed = subprocess.run([sys.executable, "-m", "bnspec", "list", "--profiles", "--json"], capture_output=True, text=True,
-                            env=env, timeout=120)
+    listed = subprocess.run([sys.executable, "-m", "bnspec", "list", "--profiles", "--json"], capture_output=True,
+                            text=True, env=env, timeout=120)
     assert listed.returncode == 0 and not listed.stderr.strip(), listed.stderr
     rows = [r for r in json.loads(listed.stdout) if r.get("kind") == "profile" and r["name"] == "mybn"]
     assert [(r["distribution"], r["version"]) for r in rows] == [("mybn-bnspec", "1.0")]

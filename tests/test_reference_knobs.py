@@ -12,7 +12,7 @@ import pytest
 from bnspec.case import make_case
 from bnspec.errors import SingleValueError
 from bnspec.oracle import oracle
-from bnspec.reference import reference
+from bnspec.reference import emulate, reference
 from bnspec.semantics import Semantics
 
 X02 = np.array([[0.0], [2.0]])  # mean 1, biased var 1, unbiased var 2
@@ -171,3 +171,20 @@ def test_single_value_error_allowed_or_nan() -> None:
     nan = reference(case, sem.replace(single_value="nan")).steps[0]
     assert np.isnan(nan.running_var).all() and nan.y.tolist() == [[0.5]]
     assert np.isnan(oracle(case, sem.replace(single_value="nan")).steps[0].running_var).all()
+
+
+def test_folded_affine_form_keeps_the_rounding_of_the_shift_beta_minus_mean_s() -> None:
+    # float32, eval with running mean 2^24 and variance 1, eps 0, gamma 1, beta 0.5: s = 1.
+    # x = 2^24 + 2: centered (x - mean) s + beta = 2 + 0.5 = 2.5 exactly in float32.
+    # folded: shift = 0.5 - 2^24 = -16777215.5, halfway between the float32 neighbours
+    # -16777215 and -16777216 (spacing 1 below 2^24), rounds to even: -16777216; then
+    # x s + shift = 16777218 - 16777216 = 2.0.
+    case = make_case(np.array([[2.0**24 + 2]]), modes="eval", dtype="float32", eps=0.0,
+                     running_mean=np.array([2.0**24]), running_var=np.array([1.0]),
+                     gamma=np.array([1.0]), beta=np.array([0.5]))
+    centered = BASE.replace(compute_dtype="float32", affine_form="centered")
+    folded = centered.replace(affine_form="folded")
+    assert emulate(case, centered).steps[0].y.item() == 2.5
+    assert emulate(case, folded).steps[0].y.item() == 2.0
+    # the two forms agree in exact arithmetic: the exact semantics are one
+    assert reference(case, folded).steps[0].y.item() == reference(case, centered).steps[0].y.item() == 2.5

@@ -28,8 +28,10 @@ _EQX_BASE = Semantics(
     output_dtype="parameters",
     state_dtype="parameters",
     single_value="allowed",
+    affine_form="centered",
 )
 _EQX_CITE = {
+    "affine_form": f"{_CALL}._norm (out = (y - m) / jnp.sqrt(v + self.eps); out * w + b): centered",
     "eps": f"{_EQX}::BatchNorm.__init__ (eps: float = 1e-5)",
     "eps_placement": f"{_CALL}._norm ((y - m) / jnp.sqrt(v + self.eps))",
     "eps_floor": f"{_CALL}._norm: self.eps used as given",

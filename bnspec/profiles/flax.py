@@ -42,8 +42,11 @@ FLAX_LINEN = Profile(
         output_dtype="parameters",
         state_dtype="promote_float32",
         single_value="allowed",
+        affine_form="centered",
     ),
     cite={
+        "affine_form": f"{_LINEN}::_normalize (y = x - mean; y = y * (rsqrt(var + epsilon) * scale); "
+        "y += bias): centered",
         "eps": f"{_LINEN}::BatchNorm (epsilon: float = 1e-5)",
         "eps_placement": f"{_LINEN}::_normalize (mul = lax.rsqrt(var + epsilon))",
         "eps_floor": f"{_LINEN}::_normalize: epsilon used as given",
@@ -106,6 +109,8 @@ FLAX_NNX = Profile(
     title="flax.nnx.BatchNorm (use_fast_variance=True, the default)",
     semantics=FLAX_LINEN.semantics.replace(state_dtype="float32"),
     cite={
+        "affine_form": f"{_NNX}::_normalize (y = x - mean; y = y * (rsqrt(var + epsilon) * scale); "
+        "y += bias): centered",
         "eps": f"{_NNX}::BatchNorm.__init__ (epsilon: float = 1e-5)",
         "eps_placement": f"{_NNX}::_normalize (mul = lax.rsqrt(var + epsilon))",
         "eps_floor": f"{_NNX}::_normalize: epsilon used as given",

@@ -33,8 +33,11 @@ HAIKU = Profile(
         output_dtype="input",
         state_dtype="input",
         single_value="allowed",
+        affine_form="centered",
     ),
     cite={
+        "affine_form": f"{_HK}::BatchNorm.__call__ ((inputs - mean) * inv + offset, inv = scale * "
+        "rsqrt(var + eps)): centered",
         "eps": f"{_HK}::BatchNorm.__init__ (eps: float = 1e-5)",
         "eps_placement": f"{_HK}::BatchNorm.__call__ (inv = scale * jax.lax.rsqrt(var + eps))",
         "eps_floor": f"{_HK}::BatchNorm.__call__: eps is used as given "

@@ -35,8 +35,11 @@ KERAS = Profile(
         output_dtype="parameters",
         state_dtype="parameters",
         single_value="allowed",
+        affine_form="folded",
     ),
     cite={
+        "affine_form": f"{_K3TF}::batch_normalization -> tensorflow/python/ops/nn_impl.py::"
+        "batch_normalization (x * inv + (offset - mean * inv), inv = rsqrt(var + eps) * scale): folded",
         "eps": f"{_K3}::BatchNormalization.__init__ (epsilon=1e-3)",
         "eps_placement": f"{_K3TF}::batch_normalization -> tf.nn.batch_normalization "
         "(rsqrt(variance + epsilon))",
@@ -91,6 +94,8 @@ KERAS_JAX = Profile(
     semantics=KERAS.semantics.replace(compute_dtype="float32"),
     cite={
         **KERAS.cite,
+        "affine_form": "keras/src/backend/jax/nn.py::batch_normalization (jnp.add(x * inv, res), "
+        "res = offset - mean * inv): folded",
         "variance_algorithm": "keras/src/backend/jax/nn.py::moments (jnp.var: two-pass)",
         "compute_dtype": _FLOAT32_COMPUTE,
     },
@@ -103,9 +108,12 @@ KERAS_TORCH = Profile(
     name="keras_torch",
     framework="keras",
     title="keras.layers.BatchNormalization on the PyTorch backend (Keras 3)",
-    semantics=KERAS.semantics.replace(variance_algorithm="one_pass", compute_dtype="float32"),
+    semantics=KERAS.semantics.replace(variance_algorithm="one_pass", compute_dtype="float32",
+                                     affine_form="centered"),
     cite={
         **KERAS.cite,
+        "affine_form": "keras/src/backend/torch/nn.py::batch_normalization (x.subtract(mean)"
+        ".mul_(rsqrt(variance + epsilon) * scale).add_(offset)): centered",
         "variance_algorithm": "keras/src/backend/torch/nn.py::moments ('The variance is computed "
         "using Var = E[|x|^2] - |E[x]|^2', not clamped at 0)",
         "compute_dtype": _FLOAT32_COMPUTE,

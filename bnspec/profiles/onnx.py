@@ -35,8 +35,12 @@ ONNX = Profile(
         output_dtype="input",
         state_dtype="input",
         single_value="allowed",
+        affine_form="folded",
     ),
     cite={
+        "affine_form": f"{_ORT} (new_scale = inv_std * scale, new_bias = bias - mean * new_scale, "
+        "Y = X * new_scale + new_bias): folded; the operator's formula in {_DEFS} is centered "
+        "(Y = (X - input_mean) / sqrt(input_var + epsilon) * scale + B)",
         "eps": f"{_DEFS} (attribute epsilon, a FLOAT: its default is float32(1e-5) = "
         "9.999999747378752e-06, and any value is held in float32)",
         "eps_placement": f"{_DEFS}: Y = (X - input_mean) / sqrt(input_var + epsilon) * scale + B",

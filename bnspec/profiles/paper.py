@@ -32,8 +32,11 @@ IOFFE2015 = Profile(
         output_dtype="input",
         state_dtype="input",
         single_value="error",
+        affine_form="centered",
     ),
     cite={
+        "affine_form": f"{_P}, Algorithm 1 (x_hat = (x - mu) / sqrt(sigma^2 + eps); y = gamma x_hat + beta): "
+        "centered",
         "eps": f"{_P}, Algorithm 1: 'epsilon is a constant added ... for numerical stability' "
         "(no value given; 1e-5 as in the reference implementations)",
         "eps_placement": f"{_P}, Algorithm 1: x_hat = (x - mu_B) / sqrt(sigma_B^2 + epsilon)",

@@ -76,9 +76,12 @@ TF_KERAS_FUSED = Profile(
         output_dtype="input",
         state_dtype="float32",
         single_value="allowed",
+        affine_form="centered",
     ),
     cite={
         **_KERAS2_COMMON,
+        "affine_form": "tensorflow/core/kernels/fused_batch_norm_op.cc::FusedBatchNorm<CPUDevice> "
+        "(x_centered * scaling_factor + offset): centered",
         "eps_floor": f"{_K2}::BatchNormalizationBase._fused_batch_norm passes self.epsilon to "
         f"tf.compat.v1.nn.fused_batch_norm ({_TFNN}::fused_batch_norm), which passes it to "
         f"FusedBatchNormV3 unchanged; {_NO_FLOOR}",
@@ -125,6 +128,8 @@ TF_KERAS_NONFUSED = Profile(
     ),
     cite={
         **_KERAS2_COMMON,
+        "affine_form": f"{_K2}::BatchNormalizationBase.call -> {_TFNN}::batch_normalization "
+        "(x * inv + (offset - mean * inv)): folded",
         "eps_floor": f"{_K2}::BatchNormalizationBase.call passes self.epsilon to "
         f"{_TFNN}::batch_normalization unchanged (no floor)",
         "normalize_var": f"{_K2}::BatchNormalizationBase._calculate_mean_and_var -> "
@@ -170,6 +175,7 @@ TF_NN_FUSED = Profile(
         output_dtype="input",
         state_dtype="float32",
         single_value="allowed",
+        affine_form="centered",
     ),
     cite={
         **TF_KERAS_FUSED.cite,
@@ -216,6 +222,7 @@ TF_NN_MOMENTS = Profile(
     ),
     cite={
         **_KERAS2_COMMON,
+        "affine_form": f"{_TFNN}::batch_normalization (x * inv + (offset - mean * inv)): folded",
         "eps": f"{_TFNN}::batch_normalization (variance_epsilon has no default: passed "
         "explicitly)",
         "eps_placement": f"{_TFNN}::batch_normalization (rsqrt(variance + variance_epsilon))",

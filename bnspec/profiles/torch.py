@@ -33,8 +33,14 @@ PYTORCH = Profile(
         output_dtype="input",
         state_dtype="parameters",
         single_value="error",
+        affine_form="folded",
     ),
     cite={
+        "affine_form": "aten/src/ATen/native/cpu/batch_norm_kernel.cpp::"
+        "batch_norm_cpu_collect_linear_and_constant_terms (alpha = invstd * weight, beta = bias - "
+        "mean * alpha; output = input * alpha + beta): folded. torch.compile's decomposition "
+        "(torch/_decomp/decompositions.py::native_batch_norm_helper: (input - mean) * invstd * "
+        "weight + bias) is centered, more accurate than the folded bound requires",
         "eps": f"{_MOD}::_BatchNorm.__init__ (eps: float = 1e-5)",
         "eps_placement": "docs BatchNorm2d: y = (x - E[x]) / sqrt(Var[x] + eps) * gamma + beta",
         "eps_floor": f"{_KERNEL}: eps is used as given, no floor",
