@@ -6,6 +6,7 @@ then summarised (:mod:`bnspec.summary`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnspec.accuracy import ACCURACY_CASES, accuracy_error
 from bnspec.adapter import Adapter, conversion_verdicts
 from bnspec.attribution import Judgement, judge_observation
 from bnspec.case import Case
@@ -42,6 +44,7 @@ class RunOptions:
     known: list[KnownDivergence] = field(default_factory=list)
     shrink: bool = True
     memory_limit_mb: int | None = None
+    accuracy: bool = True  # the fixed accuracy cases after the properties (bnspec.accuracy)
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the run it completes."""
@@ -123,6 +126,7 @@ def run(
     workers: dict[str, Worker] = {}
     elapsed: dict[str, float] = {}
     closing: dict[str, float] = {}
+    accuracy: dict[str, dict[str, Any]] = {}
 
     def one_adapter(adapter: Adapter) -> None:
         t_start = time.perf_counter()
@@ -138,6 +142,8 @@ def run(
                     writer.write(rec)
                     if progress:
                         progress(adapter.name, rec)
+            if opts.accuracy:
+                accuracy[adapter.name] = measure_accuracy(adapter, worker, opts.timeout)
         finally:
             t_close = time.perf_counter()
             worker.close()
@@ -152,9 +158,29 @@ def run(
     for recs in records.values():
         recs.sort(key=lambda r: (opts.properties.index(r.property), r.example))
     summary = summarize(adapters, records, workers, properties=opts.properties, seed=opts.seed,
-                        examples=opts.examples, baseline=opts.baseline, known=opts.known, started=started)
+                        examples=opts.examples, baseline=opts.baseline, known=opts.known, started=started,
+                        accuracy=accuracy)
     _add_wall_timing(summary, elapsed, closing)
     return summary
+
+
+def measure_accuracy(adapter: Adapter, worker: Worker, timeout: float) -> dict[str, Any]:
+    """Per accuracy case, the worst y error against the declared profile's exact result in u
+    (``err_u``; a string where not finite), or why there is none (``note``). A finding, not a
+    verdict: recomputed on resume (a few cases), never failing the run."""
+    semantics = adapter.declared_profile().semantics
+    rows: dict[str, Any] = {}
+    for name, spec in ACCURACY_CASES.items():
+        case = spec.build()
+        obs = observe(worker, case, timeout=timeout)
+        if obs.result is None:
+            why = (f"not applicable: {obs.unsupported}" if obs.unsupported is not None else
+                   f"failure: {obs.failure}" if obs.failure is not None else f"raised {obs.raised}")
+            rows[name] = {"err_u": None, "note": why}
+            continue
+        err = accuracy_error(case, semantics, obs.result)
+        rows[name] = {"err_u": round(err, 3) if math.isfinite(err) else repr(err), "note": ""}
+    return rows
 
 
 def _kept_records(adapters: list[Adapter], opts: RunOptions, done: list[Record]) -> dict[str, list[Record]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append("None on this run." if want_known else
                          "Every adapter conforms to its declared profile on this run, known divergences aside.")
     lines += converters_markdown(summary)
+    lines += accuracy_markdown(summary)
     vanished = summary.get("known_vanished", [])
     if vanished:
         lines += ["", "## Known divergences that did not show", ""]
@@ -136,6 +138,56 @@ def conversion_cell(entry: dict[str, Any], check: str) -> str:
 def fidelity(entry: dict[str, Any], props: tuple[str, ...]) -> str:
     texts = [f"{p}: {cell_text(entry['cells'][p])}" for p in props if p in entry["cells"]]
     return "; ".join(texts) or "n/a"
+
+
+def accuracy_rows(summary: dict[str, Any]) -> list[tuple[dict[str, Any], list[str]]]:
+    """The adapters that measured accuracy, most accurate first (by their worst case), each with
+    its cells in ACCURACY_CASES order."""
+    from bnspec.accuracy import ACCURACY_CASES
+
+    measured = [a for a in summary["adapters"] if a.get("accuracy")]
+
+    def worst(a: dict[str, Any]) -> float:
+        values = [_as_float(a["accuracy"][n]["err_u"]) for n in ACCURACY_CASES if n in a["accuracy"]]
+        return max((v for v in values if v is not None), default=-1.0)
+
+    return [(a, [accuracy_cell(a["accuracy"].get(n)) for n in ACCURACY_CASES])
+            for a in sorted(measured, key=lambda a: (worst(a), a["name"]))]
+
+
+def _as_float(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return math.inf if math.isnan(f) else f
+
+
+def accuracy_cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    v = row["err_u"]
+    if v is None:
+        return "n/a" if row["note"].startswith("not applicable") else "⚠"
+    f = float(v)
+    if not math.isfinite(f):
+        return "NaN/Inf"
+    return f"{f:,.0f}" if f >= 100 else f"{f:.2g}"
+
+
+def accuracy_markdown(summary: dict[str, Any]) -> list[str]:
+    from bnspec.accuracy import ACCURACY_CASES
+
+    rows = accuracy_rows(summary)
+    if not rows:
+        return []
+    lines = ["", "## Accuracy", "",
+             "Where the tolerance model accepts an implementation, how close it comes: the worst error of y "
+             "against the exact result of its declared profile, in units of the input dtype's roundoff times the "
+             "channel's |gamma| + |beta| (a finding, not a failure; most accurate first). " +
+             "; ".join(f"`{n}`: {c.doc}" for n, c in ACCURACY_CASES.items()) + ".", "",
+             "| adapter | " + " | ".join(ACCURACY_CASES) + " |", "|---|" + "---|" * len(ACCURACY_CASES)]
+    lines += ["| " + " | ".join(_md(c) for c in [a["name"], *cells]) + " |" for a, cells in rows]
+    return lines
 
 
 def converters_markdown(summary: dict[str, Any]) -> list[str]:
@@ -316,10 +368,17 @@ def html(summary: dict[str, Any]) -> str:
     return env.get_template("report.html.j2").render(
         s=summary, cell_text=cell_text, conversion_cell=conversion_cell, fidelity=fidelity,
         explanation_text=lambda nc: "; ".join(_alternatives_text(nc)) or UNEXPLAINED,
-        conversion_columns=CONVERSION_COLUMNS, profiles=declared, knob_table=knob_table(declared),
+        conversion_columns=CONVERSION_COLUMNS, accuracy_rows=accuracy_rows(summary),
+        accuracy_cases=_accuracy_cases(), profiles=declared, knob_table=knob_table(declared),
         plot_errors=_plot_errors(summary) if summary["adapters"] else "",
         plot_trajectories=_plot_trajectories(), plot_offsets=_plot_offsets(),
     )
+
+
+def _accuracy_cases() -> dict[str, str]:
+    from bnspec.accuracy import ACCURACY_CASES
+
+    return {n: c.doc for n, c in ACCURACY_CASES.items()}
 
 
 def knob_table(profiles: list[str]) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ def summarize(
     baseline: str,
     known: list[KnownDivergence],
     started: float,
+    accuracy: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     from bnspec import __version__
 
@@ -38,6 +39,8 @@ def summarize(
     for adapter in sorted(adapters, key=lambda a: a.name):
         recs = records.get(adapter.name, [])
         entries.append(_entry(adapter, recs, properties))
+        if accuracy and adapter.name in accuracy:
+            entries[-1]["accuracy"] = accuracy[adapter.name]
         timing["adapters"][adapter.name] = _timing(workers.get(adapter.name))
     return {
         "schema_version": SCHEMA_VERSION,
