@@ -2,7 +2,11 @@
 the two verdicts on one observation attributed to knobs.
 
 A mismatch is explained by the single flips (then the pairs) whose reference output, under the
-flipped profile's own tolerance (numerics knobs widen or narrow it), accepts the observation.
+flipped profile's own tolerance (numerics knobs widen or narrow it), accepts the observation --
+and rejects every *placebo*: the flipped profile's own expected result changed in ways no knob
+produces (y scaled, shifted or zeroed, the running variance tripled, the running mean moved). A
+flip whose tolerance is so wide that it accepts a visibly wrong result explains nothing (a
+one-pass variance at a large offset leaves the output unconstrained); no flip left: unexplained.
 The momentum value the adapter passed is held fixed (``passed_as`` = the declared convention),
 so a framework that reads it the other way round is attributed to ``momentum_weights``.
 
@@ -15,6 +19,7 @@ explanation are the first's: attribution runs once per profile the observation d
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +52,61 @@ def explain(
     Single flips first; pairs only when no single flip explains."""
     passed_as = passed_as or base.momentum_weights
     singles = alternatives(base)
-    found = _explaining(case, base, singles, obs, passed_as)
+    found = _specific(case, base, _explaining(case, base, singles, obs, passed_as), obs, passed_as)
     if not found and pairs:
         combos = [{**a, **b} for a, b in itertools.combinations(singles, 2) if not set(a) & set(b)]
-        found = _explaining(case, base, combos, obs, passed_as)
+        found = _specific(case, base, _explaining(case, base, combos, obs, passed_as), obs, passed_as)
     return Explanation.of({k: (v, getattr(base, k)) for k, v in f.items()} for f in found)
+
+
+def placebos(obs: Observation) -> list[Observation]:
+    """``obs`` changed in ways no knob produces, each visibly different from it: every step's y
+    scaled by 1.5, shifted by 1 + max|y|, zeroed; the running variance tripled; the running mean
+    moved by 1 + |mean|. (None of them for an observation without a result: what raised is what
+    it is.)"""
+    if obs.result is None:
+        return []
+    changes = [("y", lambda a: a * 1.5), ("y", lambda a: a + (1.0 + _max_abs(a))), ("y", lambda a: a * 0.0),
+               ("running_var", lambda a: a * 3.0), ("running_mean", lambda a: a + (1.0 + np.abs(a)))]
+    out = []
+    for quantity, change in changes:
+        steps, differs = [], False
+        for s in obs.result.steps:
+            value = getattr(s, quantity)
+            if value is None:
+                steps.append(s)
+                continue
+            with np.errstate(all="ignore"):
+                moved = change(np.asarray(value, dtype=np.float64))
+            differs = differs or not np.array_equal(moved, value, equal_nan=True)
+            steps.append(dataclasses.replace(s, **{quantity: moved}))
+        if differs:
+            out.append(Observation(result=Result(steps, obs.result.meta)))
+    return out
+
+
+def _max_abs(a: np.ndarray) -> float:
+    finite = np.abs(a[np.isfinite(a)])
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _specific(case: Case, base: Semantics, flips: list[dict[str, Any]], obs: Observation,
+              passed_as: MomentumWeights) -> list[dict[str, Any]]:
+    """The flips whose profile rejects every placebo of its own expected result: one that would
+    also accept a visibly wrong result explains nothing. (What the flipped profile expects to
+    raise needs no placebo.)"""
+    specific = []
+    for flip in flips:
+        try:
+            with np.errstate(all="ignore"):
+                expected = reference(case, base.replace(**flip), passed_as=passed_as)
+        except BnspecError:
+            specific.append(flip)
+            continue
+        fakes = placebos(Observation(result=expected))
+        if not any(_explains(case, base, flip, fake, passed_as) for fake in fakes):
+            specific.append(flip)
+    return specific
 
 
 _PREFIX = 2
@@ -87,12 +142,41 @@ class Judgement:
     explanation: Explanation  # of a mismatch with the declared profile (empty when it conforms)
     baseline_agrees: bool
     baseline_knobs: tuple[str, ...]  # where it diverges from the baseline: the knobs, or (UNEXPLAINED,)
+    # of a mismatch no flip explains: the single flip that comes closest, and by how many times its
+    # own bound it still misses (the residual itself is the verdict's worst check)
+    closest: Explanation = Explanation()
+    closest_ratio: float | None = None
+
+
+def closest(case: Case, base: Semantics, obs: Observation, *,
+            passed_as: MomentumWeights | None = None) -> tuple[Explanation, float | None]:
+    """The single flip whose profile misses ``obs`` by the fewest times its own bound (placebo
+    checks aside: it is a lead, not an explanation)."""
+    passed_as = passed_as or base.momentum_weights
+    best: tuple[float, dict[str, Any]] | None = None
+    for flip in alternatives(base):
+        try:
+            candidate = base.replace(**flip)
+        except Exception:  # noqa: BLE001 - an invalid combination is no lead
+            continue
+        verdict = judge(case, candidate, obs, passed_as)
+        worst = verdict.comparison.worst() if verdict.comparison is not None else None
+        if worst is None:
+            continue
+        ratio = worst.err_u / worst.allowed_u if worst.allowed_u > 0 else float("inf")
+        if best is None or ratio < best[0]:
+            best = (ratio, flip)
+    if best is None:
+        return Explanation(), None
+    return Explanation.of([{k: (v, getattr(base, k)) for k, v in best[1].items()}]), best[0]
 
 
 def judge_observation(case: Case, declared: Semantics, baseline: Semantics, obs: Observation) -> Judgement:
     """Both verdicts on a judgeable observation; attribution runs once per profile it disagrees with."""
     verdict = judge(case, declared, obs)
     explanation = explain(case, declared, obs) if not verdict.ok else Explanation()
+    lead, lead_ratio = (closest(case, declared, obs) if not verdict.ok and not explanation.knobs
+                        and obs.result is not None else (Explanation(), None))
     if baseline == declared:
         base_verdict, base_explanation = verdict, explanation
     else:
@@ -105,7 +189,7 @@ def judge_observation(case: Case, declared: Semantics, baseline: Semantics, obs:
             if base_explanation is None:
                 base_explanation = explain(case, baseline, obs, pairs=True)
             knobs = base_explanation.knobs or (UNEXPLAINED,)
-    return Judgement(verdict, explanation, base_verdict.ok, knobs)
+    return Judgement(verdict, explanation, base_verdict.ok, knobs, lead, lead_ratio)
 
 
 def profile_difference(case: Case, declared: Semantics, baseline: Semantics, obs: Observation) -> tuple[str, ...]:

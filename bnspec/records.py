@@ -201,11 +201,16 @@ class Record:
     known: str | None = None  # the id of the known divergence this non-conformance is
     conversion: dict[str, bool] = field(default_factory=dict)  # a conversion path's own checks
     minimal_case_id: str | None = None  # the shrunk case that still fails the same way
+    # of a mismatch no flip explains: the single flip that comes closest, and by how many times
+    # its own bound it still misses
+    closest: Explanation = field(default_factory=Explanation)
+    closest_ratio: float | None = None
 
     def to_json(self) -> str:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["explanation"] = self.explanation.to_json()
-        for k in ("err_u", "allowed_u"):
+        d["closest"] = self.closest.to_json()
+        for k in ("err_u", "allowed_u", "closest_ratio"):
             if isinstance(d[k], float) and not math.isfinite(d[k]):
                 d[k] = repr(d[k])
         return json.dumps(d, sort_keys=True)
@@ -216,9 +221,10 @@ class Record:
         d = json.loads(line)
         if not isinstance(d, dict):
             raise TypeError("not an object")
-        for k in ("err_u", "allowed_u"):
+        for k in ("err_u", "allowed_u", "closest_ratio"):
             if isinstance(d.get(k), str):
                 d[k] = float(d[k])
+        d["closest"] = Explanation.from_json(d.get("closest", []))
         d["status"] = Status(d["status"])
         d["explanation"] = Explanation.from_json(d.get("explanation", []))
         return cls(**d)

@@ -55,6 +55,20 @@ def _alternatives_text(entry: dict[str, Any]) -> Iterable[str]:
     return [alternative_text(alt) for alt in _explanation(entry)]
 
 
+def finding_explanation(nc: dict[str, Any]) -> str:
+    """A non-conformance's explanation for people; where no flip explains it, the residual's
+    closest lead (the residual itself, quantity, step and size in u, is its detail)."""
+    text = "; ".join(_alternatives_text(nc))
+    if text:
+        return text
+    lead = Explanation.from_json(nc.get("closest", []))
+    if not lead.knobs:
+        return UNEXPLAINED
+    ratio = nc.get("closest_ratio")
+    times = f", still {float(ratio):,.3g} times its bound" if ratio is not None else ""
+    return f"{UNEXPLAINED} (closest single flip: {explanation_text(lead)}{times})"
+
+
 def cell_text(cell: dict[str, Any]) -> str:
     status = Status(cell["status"])
     if status in (Status.MISMATCH, Status.KNOWN):
@@ -95,7 +109,7 @@ def markdown(summary: dict[str, Any]) -> str:
         found = [(a, nc) for a in summary["adapters"] for nc in a["non_conformances"]
                  if bool(nc.get("known")) == want_known]
         for a, nc in found:
-            expl = "; ".join(_alternatives_text(nc)) or UNEXPLAINED
+            expl = finding_explanation(nc)
             known = f" Known divergence `{nc['known']}`." if nc.get("known") else ""
             lines.append(
                 f"- **{_md(a['name'])}** `{nc['property']}` ({nc['kind']}): {_md(nc['detail'])}. "
@@ -367,8 +381,8 @@ def html(summary: dict[str, Any]) -> str:
     declared = sorted({a["declared_profile"] for a in summary["adapters"]} | {summary["baseline"]})
     return env.get_template("report.html.j2").render(
         s=summary, cell_text=cell_text, conversion_cell=conversion_cell, fidelity=fidelity,
-        explanation_text=lambda nc: "; ".join(_alternatives_text(nc)) or UNEXPLAINED,
         conversion_columns=CONVERSION_COLUMNS, accuracy_rows=accuracy_rows(summary),
+        finding_explanation=finding_explanation,
         accuracy_cases=_accuracy_cases(), profiles=declared, knob_table=knob_table(declared),
         plot_errors=_plot_errors(summary) if summary["adapters"] else "",
         plot_trajectories=_plot_trajectories(), plot_offsets=_plot_offsets(),

@@ -7,6 +7,7 @@ The shape is versioned (``SCHEMA_VERSION``, ``bnspec/schema/summary.schema.json`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -120,7 +121,13 @@ def _non_conformance(adapter: str, prop: str, prs: list[Record]) -> dict[str, An
         "property": prop, "case_id": first_bad.case_id, "repro_id": repro_id(minimal, adapter),
         "kind": first_bad.status.value, "label": first_bad.label, "detail": first_bad.detail,
         "explained_by": first_bad.explanation.to_json(), "known": first_bad.known,
+        **({"closest": first_bad.closest.to_json(), "closest_ratio": _finite_or_repr(first_bad.closest_ratio)}
+           if first_bad.closest.knobs else {}),
     }
+
+
+def _finite_or_repr(v: float | None) -> float | str | None:
+    return v if v is None or math.isfinite(v) else repr(v)
 
 
 def _divergences(adapter: str, by_property: dict[str, list[Record]]) -> dict[str, Any]:

@@ -368,9 +368,15 @@ def test_markdown_table_renders_as_a_table(report_dir, summary):
     html = MarkdownIt("commonmark").enable("table").render((report_dir / "report.md").read_text())
     parser = Tables()
     parser.feed(html)
-    assert len(parser.tables) == 1
+    assert len(parser.tables) == 2  # the matrix, then the accuracy table
     header, *rows = parser.tables[0]
     props = summary["properties"]
     assert header == ["adapter", "version", "declared profile", *props]
     assert [r[0] for r in rows] == [a["name"] for a in summary["adapters"]]
+    assert all(len(r) == len(header) for r in rows)
+    from bnspec.accuracy import ACCURACY_CASES
+
+    header, *rows = parser.tables[1]
+    assert header == ["adapter", *ACCURACY_CASES]
+    assert sorted(r[0] for r in rows) == sorted(a["name"] for a in summary["adapters"])
     assert all(len(r) == len(header) for r in rows)
