@@ -353,6 +353,9 @@ AFFINE_FORMS = {
     "flax_linen": "centered", "flax_linen_eager": "centered", "flax_linen_two_pass": "centered",
     "flax_nnx": "centered", "haiku": "centered", "equinox_ema": "centered", "equinox_batch": "centered",
     "onnxruntime": "folded",
+    # onnx.reference's _batchnorm_test_mode: s * (x - mean) / sqrt(var + eps) + bias
+    "onnx_reference_6": "centered", "onnx_reference_9": "centered", "onnx_reference_14": "centered",
+    "onnx_reference_15": "centered",
 }
 
 

@@ -29,6 +29,9 @@ PINNED = {
     "equinox_ema": dict(train_stats="running", first_update="replace"),
     "equinox_batch": dict(ema_debias=True, initial_running=(0.0, 1.0), train_stats="batch"),
     "onnx": dict(momentum=0.9, momentum_weights="running", running_var_update="biased"),
+    "onnx_reference": dict(momentum_weights="running", running_var_update="biased", compute_dtype="input",
+                           state_dtype="input", affine_form="centered"),
+    "onnx_reference_9": dict(eval_stats="running", affine_form="centered"),
     "ioffe2015": dict(momentum=None, running_var_update="unbiased", normalize_var="biased"),
 }
 
