@@ -10,8 +10,11 @@ with the declared profile, and the knob flip that explained the original still e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +53,40 @@ def size(case: Case) -> tuple[int, int]:
     return (len(case.steps), sum(int(s.x.size) for s in case.steps))
 
 
+_home_lock = threading.Lock()
+_home_users = 0
+_home_restore: tuple[tempfile.TemporaryDirectory[str], Any] | None = None
+
+
+@contextlib.contextmanager
+def _own_hypothesis_home() -> Iterator[None]:
+    """Hypothesis writes into its home directory, ./.hypothesis unless the user set one, even with
+    database=None: its cache of the constants it finds in loaded modules. While bnspec shrinks,
+    the home is a temporary directory of its own, so that a run writes nothing outside --out and
+    the user cache; the user's own setting comes back after (shrinks run in parallel threads:
+    the first in sets it, the last out restores it)."""
+    global _home_users, _home_restore
+    from hypothesis import configuration
+
+    with _home_lock:
+        if _home_users == 0:
+            home = tempfile.TemporaryDirectory(prefix="bnspec-hypothesis-")
+            # None where Hypothesis has not resolved it yet (it then reads its environment again).
+            _home_restore = (home, getattr(configuration, "__hypothesis_home_directory", None))
+            configuration.set_hypothesis_home_dir(home.name)
+        _home_users += 1
+    try:
+        yield
+    finally:
+        with _home_lock:
+            _home_users -= 1
+            if _home_users == 0 and _home_restore is not None:
+                home, previous = _home_restore
+                configuration.set_hypothesis_home_dir(previous)
+                home.cleanup()
+                _home_restore = None
+
+
 def shrink(case: Case, still_fails: Callable[[Case], bool], budget: int = BUDGET) -> Case:
     """The smallest reduction of ``case`` for which ``still_fails`` holds (``case`` itself when
     Hypothesis finds none within ``budget`` calls)."""
@@ -83,9 +120,10 @@ def shrink(case: Case, still_fails: Callable[[Case], bool], budget: int = BUDGET
         return seen[key]
 
     try:
-        return find(reductions(), condition, settings=settings(
-            max_examples=budget * 4, derandomize=True, database=None, deadline=None,
-            phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck)))
+        with _own_hypothesis_home():
+            return find(reductions(), condition, settings=settings(
+                max_examples=budget * 4, derandomize=True, database=None, deadline=None,
+                phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck)))
     except NoSuchExample:
         return case
     except Exception:  # noqa: BLE001 - e.g. Hypothesis's Flaky: a flaky adapter keeps its case
