@@ -52,35 +52,53 @@ def explain(
     Single flips first; pairs only when no single flip explains."""
     passed_as = passed_as or base.momentum_weights
     singles = alternatives(base)
-    found = _specific(case, base, _explaining(case, base, singles, obs, passed_as), obs, passed_as)
+    steps = _mismatched_steps(case, base, obs, passed_as)
+    found = _specific(case, base, _explaining(case, base, singles, obs, passed_as), steps, passed_as)
     if not found and pairs:
         combos = [{**a, **b} for a, b in itertools.combinations(singles, 2) if not set(a) & set(b)]
-        found = _specific(case, base, _explaining(case, base, combos, obs, passed_as), obs, passed_as)
+        found = _specific(case, base, _explaining(case, base, combos, obs, passed_as), steps, passed_as)
     return Explanation.of({k: (v, getattr(base, k)) for k, v in f.items()} for f in found)
 
 
-def placebos(obs: Observation) -> list[Observation]:
-    """``obs`` changed in ways no knob produces, each visibly different from it: every step's y
-    scaled by 1.5, shifted by 1 + max|y|, zeroed; the running variance tripled; the running mean
-    moved by 1 + |mean|. (None of them for an observation without a result: what raised is what
-    it is.)"""
+def _mismatched_steps(case: Case, base: Semantics, obs: Observation, passed_as: MomentumWeights) -> tuple[int, ...]:
+    """The steps an explanation must account for: the first, the worst and the last step where
+    ``obs`` disagrees with ``base`` (all of them are too many for a 200-step trajectory)."""
+    verdict = judge(case, base, obs, passed_as)
+    if verdict.comparison is None or not verdict.comparison.mismatches:
+        return ()
+    bad = sorted({c.step for c in verdict.comparison.mismatches})
+    worst = verdict.comparison.worst()
+    return tuple(sorted({bad[0], bad[-1], *([worst.step] if worst is not None else [])}))
+
+
+def placebos(obs: Observation, steps: tuple[int, ...] | None = None) -> list[Observation]:
+    """``obs`` changed in ways no knob produces, one step at a time (each of ``steps``; None:
+    every step), each visibly different from it: y scaled by 1.5, shifted by 1 + max|y|, zeroed;
+    the running variance tripled; the running mean moved by 1 + |mean|. (None for an observation
+    without a result: what raised is what it is.)"""
     if obs.result is None:
+        return []
+    return [fake for i in (range(len(obs.result.steps)) if steps is None else steps)
+            for fake in _placebos_at(obs, i)]
+
+
+def _placebos_at(obs: Observation, index: int) -> list[Observation]:
+    assert obs.result is not None
+    if not 0 <= index < len(obs.result.steps):
         return []
     changes = [("y", lambda a: a * 1.5), ("y", lambda a: a + (1.0 + _max_abs(a))), ("y", lambda a: a * 0.0),
                ("running_var", lambda a: a * 3.0), ("running_mean", lambda a: a + (1.0 + np.abs(a)))]
     out = []
+    step = obs.result.steps[index]
     for quantity, change in changes:
-        steps, differs = [], False
-        for s in obs.result.steps:
-            value = getattr(s, quantity)
-            if value is None:
-                steps.append(s)
-                continue
-            with np.errstate(all="ignore"):
-                moved = change(np.asarray(value, dtype=np.float64))
-            differs = differs or not np.array_equal(moved, value, equal_nan=True)
-            steps.append(dataclasses.replace(s, **{quantity: moved}))
-        if differs:
+        value = getattr(step, quantity)
+        if value is None:
+            continue
+        with np.errstate(all="ignore"):
+            moved = change(np.asarray(value, dtype=np.float64))
+        if not np.array_equal(moved, value, equal_nan=True):
+            steps = list(obs.result.steps)
+            steps[index] = dataclasses.replace(step, **{quantity: moved})
             out.append(Observation(result=Result(steps, obs.result.meta)))
     return out
 
@@ -90,11 +108,11 @@ def _max_abs(a: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
-def _specific(case: Case, base: Semantics, flips: list[dict[str, Any]], obs: Observation,
+def _specific(case: Case, base: Semantics, flips: list[dict[str, Any]], steps: tuple[int, ...],
               passed_as: MomentumWeights) -> list[dict[str, Any]]:
-    """The flips whose profile rejects every placebo of its own expected result: one that would
-    also accept a visibly wrong result explains nothing. (What the flipped profile expects to
-    raise needs no placebo.)"""
+    """The flips whose profile rejects every placebo of its own expected result at each of the
+    mismatched ``steps``: one that would also accept a visibly wrong result there explains
+    nothing. (What the flipped profile expects to raise needs no placebo.)"""
     specific = []
     for flip in flips:
         try:
@@ -103,7 +121,7 @@ def _specific(case: Case, base: Semantics, flips: list[dict[str, Any]], obs: Obs
         except BnspecError:
             specific.append(flip)
             continue
-        fakes = placebos(Observation(result=expected))
+        fakes = placebos(Observation(result=expected), steps)
         if not any(_explains(case, base, flip, fake, passed_as) for fake in fakes):
             specific.append(flip)
     return specific
