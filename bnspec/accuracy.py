@@ -14,6 +14,7 @@ channel, in units of the input dtype's roundoff times the channel's output scale
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ ACCURACY_CASES: dict[str, AccuracyCase] = {c.name: c for c in [
     AccuracyCase("float16_large", "4096 float16 values near 32 per channel (the float16 sum overflows)",
                  _float16_large),
 ]}
+
+
+def at_rank(case: Case, rank: int) -> Case:
+    """The same case with trailing spatial extents of 1: the same values per channel."""
+    steps = tuple(dataclasses.replace(s, x=s.x.reshape(s.x.shape + (1,) * (rank - s.x.ndim)))
+                  for s in case.steps)
+    return case.replace(steps=steps)
 
 
 def accuracy_error(case: Case, semantics: Semantics, result: Result) -> float:

@@ -83,3 +83,14 @@ def test_a_run_measures_accuracy_per_adapter_and_the_report_ranks_them(tmp_path:
 
 
 EMULATED = Emulated(name="emulated", framework="bnspec", profile="pytorch", capabilities=_ALL)
+
+
+def test_a_case_at_a_higher_rank_has_the_same_values_and_error():
+    from bnspec.accuracy import at_rank
+
+    case = ACCURACY_CASES["offset_eval"].build()
+    high = at_rank(case, 4)
+    assert high.steps[0].x.shape == (64, 8, 1, 1)
+    result = emulate(high, PYTORCH)
+    low = emulate(case, PYTORCH)
+    assert accuracy_error(high, PYTORCH, result) == accuracy_error(case, PYTORCH, low)
