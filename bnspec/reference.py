@@ -21,7 +21,7 @@ from bnspec.case import Case, StepResult
 from bnspec.case import Result as Result
 from bnspec.dtypes import np_dtype
 from bnspec.kernel import Affine, Batch, Linear, channel_sum
-from bnspec.plan import Dtypes, Plan, StepPlan, dtypes_of, make_plan
+from bnspec.plan import Dtypes, Plan, StepPlan, make_plan
 from bnspec.semantics import MomentumWeights, Semantics
 
 
@@ -49,11 +49,6 @@ class _Arith:
 
 
 EXACT = _Arith("float64", "float64", "float64", "float64", "float64", "two_pass")
-
-
-def arithmetic_of(semantics: Semantics, case: Case) -> Dtypes:
-    """The rounding points a profile's numerics knobs imply for this case's dtypes (the plan's)."""
-    return dtypes_of(semantics, case)
 
 
 def _emulated(d: Dtypes) -> _Arith:

@@ -64,12 +64,9 @@ class Emulated(Adapter):
 
 
 def test_a_run_measures_accuracy_per_adapter_and_the_report_ranks_them(tmp_path: Path):
-    adapters = [Emulated(name="emulated", framework="bnspec", profile="pytorch", capabilities=_ALL)]
     from bnspec.discovery import discover
 
-    adapters += [discover(["reference"])["reference"]]
-    for a in adapters:
-        a.ref = a.ref or "tests.test_accuracy:EMULATED"
+    adapters = [EMULATED, discover(["reference"])["reference"]]
     summary = run(adapters, RunOptions(properties=["train_output"], examples=1), tmp_path / "out")
     by_name = {a["name"]: a for a in summary["adapters"]}
     assert set(by_name["emulated"]["accuracy"]) == set(ACCURACY_CASES)
@@ -82,7 +79,9 @@ def test_a_run_measures_accuracy_per_adapter_and_the_report_ranks_them(tmp_path:
     json.dumps(summary, allow_nan=False)  # infinities are written as strings
 
 
-EMULATED = Emulated(name="emulated", framework="bnspec", profile="pytorch", capabilities=_ALL)
+# its worker imports it by this reference
+EMULATED = Emulated(name="emulated", framework="bnspec", profile="pytorch", capabilities=_ALL,
+                    ref="tests.test_accuracy:EMULATED")
 
 
 def test_a_case_at_a_higher_rank_has_the_same_values_and_error():
