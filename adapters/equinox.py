@@ -34,6 +34,7 @@ def _capabilities(mode: str) -> Capabilities:
         affine_off=True,
         untracked=False,
         initial_running=True,
+        counter=mode == "batch",
         notes="runs with JAX_ENABLE_X64=1 (float64 cases); running statistics and weights use "
         "BatchNorm(dtype=param_dtype). An input dtype that differs from it raises in the "
         "framework: mode='ema' always (lax.select of mixed dtypes), mode='batch' when the input "
@@ -109,7 +110,8 @@ class EquinoxAdapter(Adapter):
             state = state.set(bn.ema_state_index, initial)
         else:
             state = state.set(bn.batch_state_index, initial)
-            state = state.set(bn.batch_counter, jnp.zeros_like(state.get(bn.batch_counter)))
+            counter = state.get(bn.batch_counter)
+            state = state.set(bn.batch_counter, jnp.full_like(counter, case.counter))
         return bn, state
 
     def _running(self, bn: Any, state: Any) -> tuple[Any, Any]:

@@ -36,6 +36,7 @@ class HaikuAdapter(Adapter):
             affine_off=True,
             untracked=False,
             initial_running=True,
+            counter=True,
             notes="runs with JAX_ENABLE_X64=1 (float64 cases); scale/offset and the EMA state "
             "are created in the input's dtype, so param_dtype must equal dtype; momentum=None "
             "has no equivalent (decay_rate is a fixed float)",
@@ -106,12 +107,15 @@ class HaikuAdapter(Adapter):
 
         # Carried as (C,) vectors in the framework's dtype, reshaped per step to Haiku's
         # broadcast shape (which depends on the rank and the channel axis).
+        # With a counter k > 0 the case's statistics are the hidden state and the average is
+        # its debiased reading, hidden / (1 - decay^k), as haiku.ExponentialMovingAverage keeps it.
+        debias = 1.0 - (1.0 - float(case.momentum or 0.0)) ** case.counter if case.counter else 1.0
         mean_ema = {"hidden": jnp.asarray(case.running_mean, dt),
-                    "average": jnp.asarray(case.running_mean, dt),
-                    "counter": jnp.zeros((), jnp.int32)}
+                    "average": jnp.asarray(case.running_mean / debias, dt),
+                    "counter": jnp.asarray(case.counter, jnp.int32)}
         var_ema = {"hidden": jnp.asarray(case.running_var, dt),
-                   "average": jnp.asarray(case.running_var, dt),
-                   "counter": jnp.zeros((), jnp.int32)}
+                   "average": jnp.asarray(case.running_var / debias, dt),
+                   "counter": jnp.asarray(case.counter, jnp.int32)}
         gamma = None if case.gamma is None else jnp.asarray(case.gamma, dt)
         beta = None if case.beta is None else jnp.asarray(case.beta, dt)
 
@@ -175,9 +179,11 @@ class HaikuAdapter(Adapter):
         shape = [1] * rank
         shape[rank - 1 if last and rank > 2 else 1] = c
         lines.append(f"shape = {tuple(shape)!r}")
+        debias = 1.0 - (1.0 - float(case.momentum or 0.0)) ** case.counter if case.counter else 1.0
         lines.append(
             "ema = lambda v: {'hidden': jnp.asarray(v, dt).reshape(shape), "
-            "'average': jnp.asarray(v, dt).reshape(shape), 'counter': jnp.zeros((), jnp.int32)}")
+            f"'average': jnp.asarray(np.asarray(v) / {debias!r}, dt).reshape(shape), "
+            f"'counter': jnp.asarray({case.counter}, jnp.int32)}}")
         lines.append(
             f"state = {{'batch_norm/~/mean_ema': ema({case.running_mean.tolist()!r}), "
             f"'batch_norm/~/var_ema': ema({case.running_var.tolist()!r})}}")

@@ -14,6 +14,7 @@ _ALL = Capabilities(
     cumulative_momentum=True,
     frozen=True,
     untracked=True,
+    counter=True,
     notes="the exact float64 semantics of the declared profile",
 )
 

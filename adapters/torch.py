@@ -137,7 +137,7 @@ class TorchModuleAdapter(Adapter):
             if case.track_running_stats:
                 module.running_mean.copy_(_tensor(torch, case.running_mean, case.param_dtype))
                 module.running_var.copy_(_tensor(torch, case.running_var, case.param_dtype))
-                module.num_batches_tracked.zero_()
+                module.num_batches_tracked.fill_(case.counter)
         return module
 
     def _forward(self, module: Any, case: Case) -> Any:
@@ -194,6 +194,8 @@ class TorchModuleAdapter(Adapter):
                 f"    bn.running_mean.copy_(torch.tensor({_array_src(case.running_mean)}))",
                 f"    bn.running_var.copy_(torch.tensor({_array_src(case.running_var)}))",
             ]
+            if case.counter:
+                lines.append(f"    bn.num_batches_tracked.fill_({case.counter})")
         call = "bn"
         if self.compiled:
             lines.append(
@@ -353,7 +355,7 @@ TORCH_MODULE = TorchModuleAdapter(
     framework="torch",
     profile="pytorch",
     description="torch.nn.BatchNorm1d/2d/3d, eager, CPU",
-    capabilities=_capabilities(notes=_DTYPE_NOTE),
+    capabilities=_capabilities(counter=True, notes=_DTYPE_NOTE + "; Case.counter is num_batches_tracked"),
 )
 
 TORCH_FUNCTIONAL = TorchFunctionalAdapter(

@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bnspec.case import Case, Result, StepResult
+from bnspec.case import Case, Result, Step, StepResult
 from bnspec.errors import BnspecError
 from bnspec.judging import Verdict, judge
 from bnspec.records import Explanation, Observation
-from bnspec.reference import reference
-from bnspec.semantics import KNOBS, MomentumWeights, Semantics
+from bnspec.reference import emulate, reference
+from bnspec.semantics import KNOBS, READINGS, WARMED, MomentumWeights, Semantics
 
 __all__ = ["Judgement", "Observation", "alternatives", "explain", "judge_observation", "profile_difference"]
 
@@ -42,22 +43,199 @@ def alternatives(sem: Semantics) -> list[dict[str, Any]]:
             for v in knob.alternatives_of(getattr(sem, name))]
 
 
+_WARMED = WARMED
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+def readings(case: Case) -> list[dict[str, Any]]:
+    """The readings worth trying for ``case``: ``[{reading: value held}, ...]``."""
+    out: list[dict[str, Any]] = []
+    if case.eps and _f32(case.eps) != case.eps:
+        out.append({"eps": _f32(case.eps)})
+    m = case.momentum
+    if m is None:  # the cumulative average replaced by a constant (1/(k+1): the export's own)
+        held = [v for x in (1.0 / (case.counter + 1), 1.0 / (case.counter + 2), 0.1)
+                for v in (x, _f32(x), 1.0 - _f32(1.0 - x))]
+    else:  # rounded in either convention, or a framework default substituted
+        held = [_f32(m), 1.0 - _f32(1.0 - m), 0.1, 0.01]
+    for v in dict.fromkeys(held):
+        if v != m and 0.0 <= v <= 1.0:
+            out.append({"momentum": v})
+    out.append({"counter": case.counter + 1})
+    if case.counter:
+        out.append({"counter": 0})
+    if case.track_running_stats:
+        out.append({"initial_state": _WARMED})
+    return out
+
+
+def _declared(case: Case, base: Semantics, key: str) -> Any:
+    if key == "initial_state":
+        return "as given"
+    if key in ("eps", "momentum", "counter"):
+        return getattr(case, key)
+    return getattr(base, key)
+
+
+def candidate(case: Case, base: Semantics, flip: dict[str, Any],
+              passed_as: MomentumWeights | None = None) -> tuple[Case, Semantics]:
+    """The case and profile an explanation (knob flips and readings) stands for. Raises
+    ``BnspecError``/``ValueError`` for a combination that is not one."""
+    knobs = {k: v for k, v in flip.items() if k not in READINGS}
+    sem = base.replace(**knobs) if knobs else base
+    changes = {k: v for k, v in flip.items() if k in ("eps", "momentum", "counter")}
+    held = case.replace(**changes) if changes else case
+    if flip.get("initial_state") == _WARMED:
+        first = held.replace(steps=(Step("train", held.steps[0].x),))
+        with np.errstate(all="ignore"):
+            after = reference(first, sem, passed_as=passed_as or base.momentum_weights).steps[0]
+        if after.running_mean is None or after.running_var is None:
+            raise BnspecError("no running statistics to warm")
+        held = held.replace(running_mean=np.asarray(after.running_mean, np.float64),
+                            running_var=np.asarray(after.running_var, np.float64),
+                            counter=held.counter + 1)
+    return held, sem
+
+
+def explains_alternative(case: Case, base: Semantics, alternative: dict[str, Any], obs: Observation,
+                         passed_as: MomentumWeights | None = None) -> bool:
+    """Does the reference under this alternative (knob flips and readings) agree with ``obs``?"""
+    return _explains(case, base, alternative, obs, passed_as or base.momentum_weights)
+
+
 def explain(
     case: Case, base: Semantics, obs: Observation, *, passed_as: MomentumWeights | None = None,
-    pairs: bool = True,
+    pairs: bool = True, deep: bool = True,
 ) -> Explanation:
-    """The knob flips away from ``base`` under which the reference reproduces ``obs``, each
-    alternative with the observed value and ``base``'s (empty: unexplained).
+    """The knob flips and readings away from ``base`` under which the reference reproduces
+    ``obs``, each alternative with the observed value and ``base``'s (empty: unexplained).
 
-    Single flips first; pairs only when no single flip explains."""
+    Single moves first (a knob flip or a reading), then pairs, then -- where no pair explains
+    -- a beam search that adds the move leaving the smallest residual, up to four moves."""
     passed_as = passed_as or base.momentum_weights
-    singles = alternatives(base)
+    singles = alternatives(base) + readings(case)
     steps = _mismatched_steps(case, base, obs, passed_as)
-    found = _specific(case, base, _explaining(case, base, singles, obs, passed_as), steps, passed_as)
+    found = _specific(case, base, _explaining(case, base, singles, obs, passed_as), steps, passed_as, obs)
     if not found and pairs:
         combos = [{**a, **b} for a, b in itertools.combinations(singles, 2) if not set(a) & set(b)]
-        found = _specific(case, base, _explaining(case, base, combos, obs, passed_as), steps, passed_as)
-    return Explanation.of({k: (v, getattr(base, k)) for k, v in f.items()} for f in found)
+        found = _specific(case, base, _explaining(case, base, combos, obs, passed_as), steps, passed_as, obs)
+    if not found and pairs and deep and obs.result is not None:
+        found = _beam(case, base, singles, obs, steps, passed_as)
+    return Explanation.of({k: (v, _declared(case, base, k)) for k, v in f.items()} for f in found)
+
+
+_BEAM, _DEPTH = 6, 4
+
+
+def _beam(case: Case, base: Semantics, singles: list[dict[str, Any]], obs: Observation,
+          steps: tuple[int, ...], passed_as: MomentumWeights) -> list[dict[str, Any]]:
+    """Explanations of three or four moves: from the ``_BEAM`` moves (then sets) that leave the
+    smallest residual, add one move at a time, keeping the best; the first depth at which some
+    set explains (and survives its placebos) ends the search."""
+    here = residual(case, base, {}, obs, passed_as)
+    scored = sorted((r, i) for i, f in enumerate(singles)
+                    if (r := residual(case, base, f, obs, passed_as)) is not None and r != here)
+    singles = [singles[i] for _, i in scored]  # a move that changes nothing here is no step
+    beam = singles[:_BEAM]
+    for _depth in range(2, _DEPTH + 1):
+        grown: dict[tuple[tuple[str, str], ...], tuple[float, dict[str, Any]]] = {}
+        for partial in beam:
+            for move in singles:
+                if set(move) & set(partial):
+                    continue
+                combo = {**partial, **move}
+                key = tuple(sorted((k, repr(v)) for k, v in combo.items()))
+                if key in grown:
+                    continue
+                distance = residual(case, base, combo, obs, passed_as)
+                if distance is not None:
+                    grown[key] = (distance, combo)
+        if not grown:
+            return []
+        ranked = sorted(grown.values(), key=lambda t: t[0])
+        if _depth > 2:  # pairs were judged whole already
+            near = [c for _, c in ranked[:4 * _BEAM]]
+            found = _specific(case, base, [c for c in near if _explains(case, base, c, obs, passed_as)],
+                              steps, passed_as, obs)
+            if found:
+                return found
+        beam = [c for _, c in ranked[:_BEAM]]
+    return []
+
+
+def residual(case: Case, base: Semantics, flip: dict[str, Any], obs: Observation,
+             passed_as: MomentumWeights | None = None) -> float | None:
+    """How far ``obs`` lies from the exact result under ``flip``: the largest relative difference
+    over every quantity and step, bounds aside (a flip that only widens a bound does not come
+    nearer). None where the flipped profile gives no result."""
+    if obs.result is None:
+        return None
+    try:
+        held, sem = candidate(case, base, flip, passed_as)
+        with np.errstate(all="ignore"):
+            return _soft_distance(obs.result, reference(held, sem, passed_as=passed_as or base.momentum_weights))
+    except (BnspecError, ValueError, TypeError):
+        return None
+
+
+def _soft_distance(observed: Result, expected: Result) -> float:
+    """A search guide, not a verdict: the mean over every value of every quantity and step of
+    log10(1 + relative error / 1e-7), a soft count of the values that disagree (a move that makes
+    more of them agree comes nearer, even where another value still disagrees by more)."""
+    total, count = 0.0, 0
+    for so, se in zip(observed.steps, expected.steps, strict=False):
+        for q in StepResult.QUANTITIES:
+            a, b = getattr(so, q), getattr(se, q)
+            if a is None or b is None:
+                continue
+            a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+            if a.shape != b.shape:
+                return math.inf
+            with np.errstate(all="ignore"):
+                rel = np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-300)
+            same = (a == b) | (np.isnan(a) & np.isnan(b))
+            rel = np.where(same, 0.0, np.where(np.isfinite(rel), rel, 1.0))
+            total += float(np.log10(1.0 + rel / 1e-7).sum())
+            count += rel.size
+    return total / count if count else 0.0
+
+
+def miss_ratio(case: Case, base: Semantics, flip: dict[str, Any], obs: Observation,
+               passed_as: MomentumWeights | None = None) -> float | None:
+    """How many times its own bound the profile under ``flip`` misses ``obs`` by at its worst
+    check (at most 1: it agrees); None where it cannot be judged quantity by quantity."""
+    try:
+        held, sem = candidate(case, base, flip, passed_as)
+    except (BnspecError, ValueError, TypeError):
+        return None
+    verdict = judge(held, sem, obs, passed_as or base.momentum_weights)
+    if verdict.comparison is None:
+        return 0.0 if verdict.ok else None
+    worst = verdict.comparison.worst()
+    if worst is None:
+        return 0.0
+    return worst.err_u / worst.allowed_u if worst.allowed_u > 0 else (0.0 if worst.err_u == 0 else math.inf)
+
+
+def margin(case: Case, base: Semantics, flip: dict[str, Any], obs: Observation,
+           passed_as: MomentumWeights | None = None) -> tuple[float | None, float | None]:
+    """An explanation's margin: how much of its bound the observation uses under it (<= 1), and
+    by how many times its bound the nearest placebo misses (> 1: the larger, the more specific)."""
+    passed_as = passed_as or base.momentum_weights
+    fit = miss_ratio(case, base, flip, obs, passed_as)
+    try:
+        held, sem = candidate(case, base, flip, passed_as)
+        with np.errstate(all="ignore"):
+            expected = reference(held, sem, passed_as=passed_as)
+    except (BnspecError, ValueError, TypeError):
+        return fit, None
+    steps = _mismatched_steps(case, base, obs, passed_as)
+    ratios = [r for fake in placebos(Observation(result=expected), steps)
+              if (r := miss_ratio(case, base, flip, fake, passed_as)) is not None]
+    return fit, (min(ratios) if ratios else None)
 
 
 def _mismatched_steps(case: Case, base: Semantics, obs: Observation, passed_as: MomentumWeights) -> tuple[int, ...]:
@@ -109,22 +287,69 @@ def _max_abs(a: np.ndarray) -> float:
 
 
 def _specific(case: Case, base: Semantics, flips: list[dict[str, Any]], steps: tuple[int, ...],
-              passed_as: MomentumWeights) -> list[dict[str, Any]]:
+              passed_as: MomentumWeights, obs: Observation) -> list[dict[str, Any]]:
     """The flips whose profile rejects every placebo of its own expected result at each of the
     mismatched ``steps``: one that would also accept a visibly wrong result there explains
     nothing. (What the flipped profile expects to raise needs no placebo.)"""
     specific = []
     for flip in flips:
         try:
+            held, sem = candidate(case, base, flip, passed_as)
             with np.errstate(all="ignore"):
-                expected = reference(case, base.replace(**flip), passed_as=passed_as)
+                expected = reference(held, sem, passed_as=passed_as)
         except BnspecError:
             specific.append(flip)
             continue
+        except (ValueError, TypeError):
+            continue
         fakes = placebos(Observation(result=expected), steps)
-        if not any(_explains(case, base, flip, fake, passed_as) for fake in fakes):
-            specific.append(flip)
+        if any(_explains(case, base, flip, fake, passed_as) for fake in fakes):
+            continue
+        if _rounding_unseen(held, base, sem, flip, obs, passed_as):
+            continue
+        specific.append(flip)
     return specific
+
+
+def _rounding_unseen(held: Case, base: Semantics, sem: Semantics, flip: dict[str, Any], obs: Observation,
+                     passed_as: MomentumWeights) -> bool:
+    """A numerics flip explains through the rounding it emulates, not through the wider bound it
+    brings: the observation must lie nearer the flipped profile's emulation than the same
+    profile's with the numerics knobs left as ``base`` has them. (A float64 case whose eps was
+    held as a float32 attribute is not explained by float32 reductions: it sits hundreds of
+    float64 roundoffs from the exact result, and 1e8 from a float32 one.)"""
+    numerics = [k for k in flip if k in KNOBS and KNOBS[k].numerics]
+    if not numerics or obs.result is None:
+        return False
+    plain = sem.replace(**{k: getattr(base, k) for k in numerics})
+    try:
+        with np.errstate(all="ignore"):
+            flipped_d = _distance(obs.result, emulate(held, sem, passed_as=passed_as))
+            plain_d = _distance(obs.result, emulate(held, plain, passed_as=passed_as))
+    except (BnspecError, ValueError, TypeError):
+        return False
+    return not flipped_d < plain_d
+
+
+def _distance(observed: Result, emulated: Result) -> float:
+    """The largest relative difference over every quantity and step (a NaN/Inf pattern that
+    differs counts as infinitely far); 0 for identical results."""
+    worst = 0.0
+    for so, se in zip(observed.steps, emulated.steps, strict=False):
+        for q in StepResult.QUANTITIES:
+            a, b = getattr(so, q), getattr(se, q)
+            if a is None or b is None:
+                continue
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            if a.shape != b.shape:
+                return math.inf
+            fa, fb = np.isfinite(a), np.isfinite(b)
+            if not np.array_equal(fa, fb) or not np.array_equal(a[~fa], b[~fb], equal_nan=True):
+                return math.inf
+            if fa.any():
+                scale = max(float(np.abs(b[fb]).max()), 1e-300)
+                worst = max(worst, float(np.abs(a[fa] - b[fb]).max()) / scale)
+    return worst
 
 
 _PREFIX = 2
@@ -145,10 +370,10 @@ def _explaining(case: Case, base: Semantics, flips: list[dict[str, Any]], obs: O
 def _explains(case: Case, base: Semantics, flip: dict[str, Any], obs: Observation,
               passed_as: MomentumWeights) -> bool:
     try:
-        candidate = base.replace(**flip)
-    except Exception:  # an invalid combination is no explanation
+        held, sem = candidate(case, base, flip, passed_as)
+    except Exception:  # noqa: BLE001 - an invalid combination is no explanation
         return False
-    return judge(case, candidate, obs, passed_as, quick=True).ok
+    return judge(held, sem, obs, passed_as, quick=True).ok
 
 
 UNEXPLAINED = "unexplained"  # the baseline knob of a divergence no flip explains
@@ -164,29 +389,26 @@ class Judgement:
     # own bound it still misses (the residual itself is the verdict's worst check)
     closest: Explanation = Explanation()
     closest_ratio: float | None = None
+    # per alternative of ``explanation`` (the first few): how much of its bound the observation
+    # uses under it, and how many times its bound the nearest placebo misses by
+    margins: tuple[tuple[float | None, float | None], ...] = ()
 
 
 def closest(case: Case, base: Semantics, obs: Observation, *,
             passed_as: MomentumWeights | None = None) -> tuple[Explanation, float | None]:
-    """The single flip whose profile misses ``obs`` by the fewest times its own bound (placebo
-    checks aside: it is a lead, not an explanation)."""
+    """The single move (knob flip or reading) whose exact result lies nearest ``obs``, and by
+    how many times its own bound it still misses (placebo checks aside: a lead, not an
+    explanation)."""
     passed_as = passed_as or base.momentum_weights
     best: tuple[float, dict[str, Any]] | None = None
-    for flip in alternatives(base):
-        try:
-            candidate = base.replace(**flip)
-        except Exception:  # noqa: BLE001 - an invalid combination is no lead
-            continue
-        verdict = judge(case, candidate, obs, passed_as)
-        worst = verdict.comparison.worst() if verdict.comparison is not None else None
-        if worst is None:
-            continue
-        ratio = worst.err_u / worst.allowed_u if worst.allowed_u > 0 else float("inf")
-        if best is None or ratio < best[0]:
-            best = (ratio, flip)
+    for flip in alternatives(base) + readings(case):
+        distance = residual(case, base, flip, obs, passed_as)
+        if distance is not None and (best is None or distance < best[0]):
+            best = (distance, flip)
     if best is None:
         return Explanation(), None
-    return Explanation.of([{k: (v, getattr(base, k)) for k, v in best[1].items()}]), best[0]
+    ratio = miss_ratio(case, base, best[1], obs, passed_as)
+    return Explanation.of([{k: (v, _declared(case, base, k)) for k, v in best[1].items()}]), ratio
 
 
 def judge_observation(case: Case, declared: Semantics, baseline: Semantics, obs: Observation) -> Judgement:
@@ -207,7 +429,12 @@ def judge_observation(case: Case, declared: Semantics, baseline: Semantics, obs:
             if base_explanation is None:
                 base_explanation = explain(case, baseline, obs, pairs=True)
             knobs = base_explanation.knobs or (UNEXPLAINED,)
-    return Judgement(verdict, explanation, base_verdict.ok, knobs, lead, lead_ratio)
+    margins = tuple(margin(case, declared, {f.knob: f.observed for f in alt}, obs)
+                    for alt in explanation.alternatives[:_MARGINS])
+    return Judgement(verdict, explanation, base_verdict.ok, knobs, lead, lead_ratio, margins)
+
+
+_MARGINS = 3  # alternatives whose margin a judgement reports
 
 
 def profile_difference(case: Case, declared: Semantics, baseline: Semantics, obs: Observation) -> tuple[str, ...]:

@@ -58,6 +58,10 @@ class Case:
     track_running_stats: bool = True
     layout: Layout = "channels_first"
     label: str = ""
+    # The layer's update counter before step 0 (torch's num_batches_tracked, an EMA's step
+    # count): what momentum=None's cumulative weight 1/(counter + k) and an EMA debias
+    # 1 - decay^(counter + k) count from. 0: a fresh layer.
+    counter: int = 0
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype)
@@ -84,6 +88,8 @@ class Case:
             raise InvalidCase(f"eps={self.eps!r}; expected a float >= 0")
         if self.momentum is not None and not 0.0 <= self.momentum <= 1.0:
             raise InvalidCase(f"momentum={self.momentum!r}; expected a float in [0, 1] or None")
+        if not (isinstance(self.counter, int) and not isinstance(self.counter, bool) and self.counter >= 0):
+            raise InvalidCase(f"counter={self.counter!r}; expected an int >= 0 (updates before step 0)")
 
     @property
     def num_features(self) -> int:
@@ -109,6 +115,8 @@ class Case:
         d: dict[str, Any] = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "steps"
         }
+        if not self.counter:
+            del d["counter"]  # a fresh layer: the ids of cases from before the counter stay
         for k in ("running_mean", "running_var", "gamma", "beta"):
             d[k] = encode_array(d[k])
         d["steps"] = [

@@ -76,6 +76,7 @@ def check_case(adapter: Adapter, case: Case, worker: Worker, opts: RunOptions, p
     if not verdict.ok:
         rec.status, rec.detail, rec.explanation = Status.MISMATCH, verdict.note, judgement.explanation
         rec.closest, rec.closest_ratio = judgement.closest, judgement.closest_ratio
+        rec.margins = [list(m) for m in judgement.margins]
     rec.baseline_agrees = judgement.baseline_agrees
     rec.baseline_knobs = list(judgement.baseline_knobs)
     return rec, obs, judgement

@@ -22,10 +22,14 @@ from typing import Any
 
 from bnspec.errors import BnspecError
 from bnspec.records import Explanation, Status
-from bnspec.semantics import KNOBS
+from bnspec.semantics import KNOBS, READINGS
 
 _KINDS = tuple(s.value for s in Status if s.is_nonconformance)
-_KEYS = {"id", "adapter", "properties", "knob", "match", "kind", "reason", "link", "examples"}
+_KEYS = {"id", "adapter", "properties", "knob", "explanation", "match", "kind", "reason", "link", "examples"}
+# The details of a mismatch that is a departure rather than a wrong value: the framework raised
+# where the profile defines a result, or returned one where it raises. Only these may be
+# identified by a message alone; a wrong value is identified by its whole explanation.
+_DEPARTURE = re.compile(r"^(raised |expected an error)")
 
 
 class InvalidRegistry(BnspecError):
@@ -39,8 +43,11 @@ class KnownDivergence:
     properties: tuple[str, ...]  # the properties it shows in; empty: any
     reason: str
     link: str
-    knob: str | None = None  # an explanation naming this knob identifies it
-    match: str | None = None  # or a regular expression searched in the detail
+    # The explanations that identify it, each a set of "knob" or "knob=value" terms (a reading
+    # such as "eps" too): a mismatch is this divergence only when one alternative of its
+    # explanation flips exactly those knobs -- the whole observation, nothing left over.
+    explanations: tuple[frozenset[str], ...] = ()
+    match: str | None = None  # a regular expression searched in the detail (alone: a departure)
     kind: Status = Status.MISMATCH  # "fail" (a wrong result) | "failure" (a crash, timeout, bad output)
     examples: int = 1  # examples per property a run needs before its absence means it vanished
 
@@ -49,16 +56,27 @@ class KnownDivergence:
             return False
         if self.properties and prop not in self.properties:
             return False
-        if self.knob is not None and not explanation.flips(self.knob):
-            return False
+        if self.explanations:
+            if not any(_accounts(terms, alt) for alt in explanation.alternatives for terms in self.explanations):
+                return False
+        elif status == Status.MISMATCH and not _DEPARTURE.search(detail):
+            return False  # a wrong value no explanation names is never known by its message
         return self.match is None or re.search(self.match, detail) is not None
+
+    @property
+    def knob(self) -> str | None:
+        """The knob of a one-knob entry (None otherwise)."""
+        if len(self.explanations) == 1 and len(self.explanations[0]) == 1:
+            return next(iter(self.explanations[0])).split("=")[0]
+        return None
 
     def covers(self, adapter: str) -> bool:
         return any(fnmatch.fnmatchcase(adapter, pattern) for pattern in self.adapter)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "adapter": list(self.adapter), "properties": list(self.properties),
-                "knob": self.knob, "match": self.match, "kind": self.kind.value, "reason": self.reason,
+                "explanation": [sorted(t) for t in self.explanations], "match": self.match,
+                "kind": self.kind.value, "reason": self.reason,
                 "link": self.link, "examples": self.examples}
 
 
@@ -96,11 +114,9 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
         bad = [p for p in props if p not in PROPERTIES]
         if bad:
             raise InvalidRegistry(f"{where} names unknown propert(y/ies) {bad}")
-        knob = e.get("knob")
-        if knob is not None and knob not in KNOBS:
-            raise InvalidRegistry(f"{where} names unknown knob {knob!r}")
-        if knob is None and e.get("match") is None:
-            raise InvalidRegistry(f"{where} needs a 'knob' or a 'match' that identifies it")
+        explanations = _explanations(e, where)
+        if not explanations and e.get("match") is None:
+            raise InvalidRegistry(f"{where} needs an 'explanation' (or 'knob') or a 'match' that identifies it")
         if e.get("kind", Status.MISMATCH.value) not in _KINDS:
             raise InvalidRegistry(f"{where}: kind must be 'fail' or 'failure'")
         try:
@@ -111,7 +127,7 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
         if not isinstance(examples, int) or examples < 1:
             raise InvalidRegistry(f"{where}: examples must be a positive integer")
         out.append(KnownDivergence(id=e["id"], adapter=tuple(patterns), properties=props, reason=e["reason"],
-                                   link=e["link"], knob=knob, match=e.get("match"),
+                                   link=e["link"], explanations=explanations, match=e.get("match"),
                                    kind=Status(e.get("kind", Status.MISMATCH.value)),
                                    examples=examples))
     ids = [k.id for k in out]
@@ -119,6 +135,42 @@ def load(path: Path | None = None) -> list[KnownDivergence]:
     if dupes:
         raise InvalidRegistry(f"{path}: duplicate id(s) {dupes}")
     return out
+
+
+def _explanations(e: dict[str, Any], where: str) -> tuple[frozenset[str], ...]:
+    """An entry's ``explanation`` (a list of terms, or a list of such lists) and ``knob`` (one
+    knob: the explanation of that knob alone), validated."""
+    raw = e.get("explanation")
+    groups: list[list[Any]] = []
+    if raw is not None:
+        if not isinstance(raw, list) or not raw:
+            raise InvalidRegistry(f"{where}: explanation must be a list of 'knob' or 'knob=value' terms, "
+                                  "or of such lists")
+        groups = [raw] if all(isinstance(t, str) for t in raw) else raw
+    if e.get("knob") is not None:
+        groups.append([e["knob"]])
+    out = []
+    for group in groups:
+        if not isinstance(group, list) or not group or not all(isinstance(t, str) and t for t in group):
+            raise InvalidRegistry(f"{where}: each explanation is a non-empty list of 'knob' or 'knob=value' strings")
+        for term in group:
+            name = term.split("=", 1)[0]
+            if name not in KNOBS and name not in READINGS:
+                raise InvalidRegistry(f"{where} names unknown knob {name!r}")
+        out.append(frozenset(group))
+    return tuple(out)
+
+
+def _accounts(terms: frozenset[str], alternative: tuple[Any, ...]) -> bool:
+    """Does this alternative flip exactly the knobs ``terms`` name (with the values they give)?"""
+    if {t.split("=", 1)[0] for t in terms} != {f.knob for f in alternative}:
+        return False
+    observed = {f.knob: f.observed for f in alternative}
+    return all("=" not in t or _value_text(observed[t.split("=", 1)[0]]) == t.split("=", 1)[1] for t in terms)
+
+
+def _value_text(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def find(registry: list[KnownDivergence], adapter: str, prop: str, status: Status, detail: str,

@@ -111,7 +111,7 @@ _CACHE: weakref.WeakKeyDictionary[Case, dict[tuple[Semantics, str], Plan]] = wea
 def _plan(case: Case, sem: Semantics, passed_as: MomentumWeights) -> Plan:
     track = case.track_running_stats
     w_steady = batch_weight(case.momentum, sem, passed_as, 2)  # the EMA weight after step 1
-    decay_power = Fraction(1)  # (1 - w_steady)^updates
+    decay_power = (1 - w_steady) ** case.counter  # (1 - w_steady)^(counter + updates)
     updates = 0
     steps = []
     for i, step in enumerate(case.steps):
@@ -130,9 +130,9 @@ def _plan(case: Case, sem: Semantics, passed_as: MomentumWeights) -> Plan:
         weight = Fraction(0)
         if updating:
             updates += 1
-            weight = batch_weight(case.momentum, sem, passed_as, updates)
+            weight = batch_weight(case.momentum, sem, passed_as, updates, case.counter)
             decay_power *= 1 - w_steady
-        debias = 1 - decay_power if sem.ema_debias and updates > 0 else Fraction(1)
+        debias = 1 - decay_power if sem.ema_debias and updates + case.counter > 0 else Fraction(1)
         running_var_factor = factor if sem.running_var_update == "unbiased" else Fraction(1)
         normalize_var_factor = factor if sem.normalize_var == "unbiased" else Fraction(1)
         w_mean: Num
@@ -153,15 +153,17 @@ def _plan(case: Case, sem: Semantics, passed_as: MomentumWeights) -> Plan:
     return Plan(tuple(steps), eps, sem.eps_placement, track, dtypes_of(sem, case), passed_as)
 
 
-def batch_weight(momentum: float | None, sem: Semantics, passed_as: str, updates: int) -> Fraction:
-    """The exact weight of the batch statistic in update number ``updates``.
+def batch_weight(momentum: float | None, sem: Semantics, passed_as: str, updates: int,
+                 counter: int = 0) -> Fraction:
+    """The exact weight of the batch statistic in update number ``updates`` of a layer whose
+    counter stood at ``counter`` before the case.
 
     The adapter passes the case's momentum in its declared convention (``passed_as``), as a
     float64; the implementation reads that value in the profile's own convention."""
-    if sem.first_update == "replace" and updates == 1:
+    if sem.first_update == "replace" and updates + counter == 1:
         return Fraction(1)
     if momentum is None:  # PyTorch momentum=None: the cumulative moving average
-        return Fraction(1, updates)
+        return Fraction(1, counter + updates)
     passed = Fraction(momentum if passed_as == "batch" else 1.0 - momentum)
     return passed if sem.momentum_weights == "batch" else 1 - passed
 

@@ -30,11 +30,21 @@ def _rng(seed: int, prop: str, index: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def _rank(prop: str, i: int) -> int:
+    """The rank of example ``i`` of a property that takes any: examples cycle through 2-5, each
+    property from its own start, so any four examples of a property hold every rank, and the
+    first two of all properties together hold each rank about equally often."""
+    start = int.from_bytes(hashlib.sha256(prop.encode()).digest()[:2], "little") % 4
+    return 2 + (start + i) % 4
+
+
 def _shape(rng: np.random.Generator, rank: int | None = None, *, min_n: int = 2) -> tuple[int, ...]:
+    """(N, C, *spatial) of ``rank`` (None: drawn). Every spatial extent is 2-3, so a flaw in how
+    one spatial axis is reduced has values to show in."""
     rank = rank if rank is not None else int(rng.integers(2, 6))
     c = int(rng.integers(1, 4))
     n = int(rng.integers(1, 5))
-    spatial = tuple(int(rng.integers(1, 4)) for _ in range(rank - 2))
+    spatial = tuple(int(rng.integers(2, 4)) for _ in range(rank - 2))
     while n * int(np.prod(spatial, dtype=int)) < min_n:
         n += 1
     return (n, c, *spatial)
@@ -60,30 +70,37 @@ def _momentum(rng: np.random.Generator) -> float:
 
 
 def train_output(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng)
+    shape = _shape(rng, _rank("train_output", i))
     return make_case(_batch(rng, shape, rng.normal(0, 3), rng.uniform(0.1, 3)), modes="train",
                      **_params(rng, shape[1]), eps=1e-5, momentum=_momentum(rng), dtype="float32",
                      label="one training step")
 
 
 def eval_output(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng)
+    shape = _shape(rng, _rank("eval_output", i))
+    # Step plans in every order: training then eval; eval only (the loaded statistics, and the
+    # only plan an inference-only operator takes); eval first, then training, then eval.
+    plans: list[list[Mode]] = [["train", "train", "eval"], ["eval", "eval", "eval"], ["eval", "train", "eval"]]
+    plan = plans[i % 3]
     xs = [_batch(rng, shape, 2.0, 1.5) for _ in range(3)]
-    return make_case(xs, modes=["train", "train", "eval"], **_params(rng, shape[1]),
+    return make_case(xs, modes=plan, **_params(rng, shape[1]),
                      running_mean=rng.normal(0, 1, shape[1]), running_var=rng.uniform(0.5, 2, shape[1]),
                      eps=1e-3, momentum=_momentum(rng), dtype="float32",
-                     label="two training steps, then eval with the running statistics")
+                     label=f"{', '.join(plan)}: eval with the running statistics")
 
 
 def running_stats(rng: np.random.Generator, i: int) -> Case:
     # Long enough that an EMA debias or an initialisation bias shows (1 - 0.99^t is 0.87 at 200).
     steps = 200 if i % 2 == 0 else 24
-    shape = (4, 2)
+    rank = _rank("running_stats", i)
+    shape = (4, 2, *([2] * (rank - 2))) if steps == 24 else (4, 2)  # 200 steps stay small
     xs = [_batch(rng, shape, 3.0, 2.0) for _ in range(steps)]
     modes: list[Mode] = ["train" if k < steps else "eval" for k in range(steps + 1)]
-    return make_case(xs + [_batch(rng, shape, 3.0, 2.0)], modes=modes,
+    counter = 5 if i % 4 == 3 else 0  # a layer that has counted updates (an EMA debias counts on)
+    return make_case(xs + [_batch(rng, shape, 3.0, 2.0)], modes=modes, counter=counter,
                      eps=1e-5, momentum=0.01 if steps == 200 else 0.1, dtype="float64",
-                     label=f"{steps} training steps (running-statistics trajectory), then eval")
+                     label=f"{steps} training steps (running-statistics trajectory), then eval"
+                     + (f", from an update counter of {counter}" if counter else ""))
 
 
 def small_batch_estimator(rng: np.random.Generator, i: int) -> Case:
@@ -96,7 +113,7 @@ def small_batch_estimator(rng: np.random.Generator, i: int) -> Case:
 
 def eps_small(rng: np.random.Generator, i: int) -> Case:
     # eps below TF's fused floor (1.001e-5) on data whose variance is comparable to it.
-    shape = _shape(rng, 4)
+    shape = _shape(rng, _rank("eps_small", i))
     eps = float(rng.choice([0.0, 1e-7, 1e-6]))
     x = _batch(rng, shape, 0.0, 3e-3)
     return make_case([x, _batch(rng, shape, 0.0, 3e-3)], modes=["train", "eval"], eps=eps,
@@ -105,14 +122,14 @@ def eps_small(rng: np.random.Generator, i: int) -> Case:
 
 
 def eps_placement(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng, 2)
+    shape = _shape(rng, _rank("eps_placement", i))
     x = _batch(rng, shape, 0.0, 0.1)
     return make_case(x, modes="train", eps=0.5, momentum=0.1, dtype="float64",
                      label="large eps on a small variance: inside vs outside the square root")
 
 
 def large_offset(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng, 2, min_n=8)
+    shape = _shape(rng, _rank("large_offset", i), min_n=8)
     offset = float(rng.choice([1e3, 1e4, 3e4]))
     xs = [_batch(rng, shape, offset, 1.0) for _ in range(2)]
     return make_case(xs, modes=["train", "eval"], eps=1e-3, momentum=0.1, dtype="float32",
@@ -121,7 +138,7 @@ def large_offset(rng: np.random.Generator, i: int) -> Case:
 
 
 def gradients(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng)
+    shape = _shape(rng, _rank("gradients", i))
     xs = [_batch(rng, shape, 1.0, 2.0) for _ in range(2)]
     gs: list[np.ndarray | None] = [rng.normal(0, 1, shape) for _ in range(2)]
     return make_case(xs, modes=["train", "eval"], grad_outputs=gs, **_params(rng, shape[1]),
@@ -129,7 +146,7 @@ def gradients(rng: np.random.Generator, i: int) -> Case:
 
 
 def frozen_layer(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng)
+    shape = _shape(rng, _rank("frozen_layer", i))
     xs = [_batch(rng, shape, 1.0, 2.0) for _ in range(3)]
     return make_case(xs, modes=["train", "train", "eval"], frozen=[False, True, False], eps=1e-3,
                      momentum=0.1, dtype="float32", label="a frozen layer called with training=True")
@@ -137,38 +154,50 @@ def frozen_layer(rng: np.random.Generator, i: int) -> Case:
 
 def single_value(rng: np.random.Generator, i: int) -> Case:
     c = int(rng.integers(1, 4))
-    x = rng.normal(0, 1, (1, c))
-    return make_case([x, rng.normal(0, 1, (1, c))], modes=["train", "eval"], eps=1e-3,
+    shape = (1, c, *([1] * (_rank("single_value", i) - 2)))  # one value per channel at every rank
+    x = rng.normal(0, 1, shape)
+    return make_case([x, rng.normal(0, 1, shape)], modes=["train", "eval"], eps=1e-3,
                      momentum=0.1, dtype="float32", label="one value per channel in training")
 
 
 def cumulative_momentum(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng)
+    shape = _shape(rng, _rank("cumulative", i))
     xs = [_batch(rng, shape, 2.0, 1.0) for _ in range(4)]
     modes: list[Mode] = ["train", "train", "train", "eval"]
-    return make_case(xs, modes=modes, momentum=None, eps=1e-5, dtype="float64",
-                     label="momentum=None: the cumulative average")
+    # a fresh layer, then one that has counted updates already: the weight is 1/(counter + k)
+    counter = 0 if i % 2 == 0 else 7
+    return make_case(xs, modes=modes, momentum=None, eps=1e-5, dtype="float64", counter=counter,
+                     running_mean=rng.normal(2.0, 0.5, shape[1]), running_var=rng.uniform(0.5, 2, shape[1]),
+                     label=f"momentum=None: the cumulative average, from an update counter of {counter}")
 
 
 def half_precision(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng, 4)
     dtype = "float16" if i % 2 == 0 else "bfloat16"
-    xs = [_batch(rng, shape, 8.0, 2.0) for _ in range(2)]
+    if i % 4 in (0, 1):
+        # 4096 values per channel near 24: a float16 sum (and a bfloat16 one's precision) gives
+        # out long before the mean does -- where the accumulation dtype shows.
+        shape: tuple[int, ...] = (64, 2, 8, 8)
+        xs = [_batch(rng, shape, 24.0, 2.0) for _ in range(2)]
+        label = f"{dtype} input with float32 parameters, 4096 values per channel"
+    else:
+        shape = _shape(rng, 4)
+        xs = [_batch(rng, shape, 8.0, 2.0) for _ in range(2)]
+        label = f"{dtype} input with float32 parameters"
     return make_case(xs, modes=["train", "eval"], eps=1e-3, momentum=0.1, dtype=dtype,
-                     param_dtype="float32", label=f"{dtype} input with float32 parameters")
+                     param_dtype="float32", label=label)
 
 
 def special_values(rng: np.random.Generator, i: int) -> Case:
-    shape = (4, 2)
+    shape = (4, 2, *([2] * (_rank("special_values", i) - 2)))
     x = _batch(rng, shape)
-    x[1, 0] = [np.nan, np.inf, -np.inf][i % 3]
+    x[(1, 0, *([0] * (len(shape) - 2)))] = [np.nan, np.inf, -np.inf][i % 3]
     return make_case([x, _batch(rng, shape)], modes=["train", "eval"], eps=1e-3, momentum=0.1,
                      dtype="float32", label="a non-finite value in channel 0 (propagation)")
 
 
 def untracked(rng: np.random.Generator, i: int) -> Case:
     # PyTorch track_running_stats=False: no running statistics; eval steps use the batch's too.
-    shape = _shape(rng)
+    shape = _shape(rng, _rank("untracked", i))
     xs = [_batch(rng, shape, 1.0, 2.0) for _ in range(3)]
     return make_case(xs, modes=["train", "eval", "train"], **_params(rng, shape[1]), eps=1e-5,
                      momentum=0.1, dtype="float32", track_running_stats=False,
@@ -176,7 +205,7 @@ def untracked(rng: np.random.Generator, i: int) -> Case:
 
 
 def affine_off(rng: np.random.Generator, i: int) -> Case:
-    shape = _shape(rng)
+    shape = _shape(rng, _rank("affine_off", i))
     return make_case([_batch(rng, shape), _batch(rng, shape)], modes=["train", "eval"], gamma=None,
                      beta=None, eps=1e-5, momentum=0.1, dtype="float32", label="affine=False")
 

@@ -111,7 +111,8 @@ class Explanation:
         return [{f.knob: (f.observed, f.declared) for f in alt} for alt in self.alternatives]
 
     def first_profile_change(self) -> dict[str, Any]:
-        """The first alternative as ``Semantics.replace`` arguments (its observed values)."""
+        """The first alternative as ``{knob or reading: observed value}``
+        (``bnspec.attribution.candidate`` turns it into a case and a profile)."""
         return {f.knob: f.observed for f in self.alternatives[0]} if self.alternatives else {}
 
     def to_json(self) -> list[list[dict[str, Any]]]:
@@ -205,6 +206,9 @@ class Record:
     # its own bound it still misses
     closest: Explanation = field(default_factory=Explanation)
     closest_ratio: float | None = None
+    # per alternative of ``explanation`` (the first few): [share of its bound the observation
+    # uses, times its bound the nearest placebo misses by]
+    margins: list[list[float | None]] = field(default_factory=list)
 
     def to_json(self) -> str:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -213,6 +217,7 @@ class Record:
         for k in ("err_u", "allowed_u", "closest_ratio"):
             if isinstance(d[k], float) and not math.isfinite(d[k]):
                 d[k] = repr(d[k])
+        d["margins"] = [[v if v is None or math.isfinite(v) else repr(v) for v in m] for m in self.margins]
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -225,6 +230,7 @@ class Record:
             if isinstance(d.get(k), str):
                 d[k] = float(d[k])
         d["closest"] = Explanation.from_json(d.get("closest", []))
+        d["margins"] = [[float(v) if isinstance(v, str) else v for v in m] for m in d.get("margins", [])]
         d["status"] = Status(d["status"])
         d["explanation"] = Explanation.from_json(d.get("explanation", []))
         return cls(**d)

@@ -58,15 +58,30 @@ def _alternatives_text(entry: dict[str, Any]) -> Iterable[str]:
 def finding_explanation(nc: dict[str, Any]) -> str:
     """A non-conformance's explanation for people; where no flip explains it, the residual's
     closest lead (the residual itself, quantity, step and size in u, is its detail)."""
-    text = "; ".join(_alternatives_text(nc))
-    if text:
-        return text
+    margins = nc.get("margins", [])
+    texts = [t + _margin_text(margins[i] if i < len(margins) else None) for i, t in enumerate(_alternatives_text(nc))]
+    if texts:
+        return "; ".join(texts)
     lead = Explanation.from_json(nc.get("closest", []))
     if not lead.knobs:
         return UNEXPLAINED
     ratio = nc.get("closest_ratio")
     times = f", still {float(ratio):,.3g} times its bound" if ratio is not None else ""
     return f"{UNEXPLAINED} (closest single flip: {explanation_text(lead)}{times})"
+
+
+def _margin_text(m: list[Any] | None) -> str:
+    """An explanation's margin: the share of its bound the observation uses, and how far its
+    nearest placebo lies outside it."""
+    if not m:
+        return ""
+    fit, placebo = m
+    parts = []
+    if fit is not None:
+        parts.append(f"uses {float(fit):.2g} of its bound")
+    if placebo is not None:
+        parts.append(f"nearest placebo {float(placebo):,.3g}× its bound")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def cell_text(cell: dict[str, Any]) -> str:

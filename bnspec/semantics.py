@@ -210,6 +210,22 @@ KNOBS: dict[str, Knob] = {
     ]
 }
 
+# Readings: the case as an implementation may hold it, otherwise than passed. Not knobs of a
+# profile (a profile cannot state them) but facts about one implementation's hyperparameters and
+# state, which explain a mismatch like knob flips (bnspec.attribution.readings lists the values
+# tried): eps or momentum rounded to a float32 attribute, a default momentum substituted,
+# momentum=None turned into a constant, the update counter off by one, the layer called once
+# more in training mode on the first batch before the case (a tracing exporter's forward pass).
+READINGS: dict[str, str] = {
+    "eps": "the eps the implementation holds (a float32 attribute: eps rounded)",
+    "momentum": "the momentum it holds: rounded to float32, a default substituted, or a constant "
+                "in place of momentum=None",
+    "counter": "the update counter it starts from (Case.counter as passed)",
+    "initial_state": "the state it starts from: as given, or after one more training step on the "
+                     "first batch (a tracing exporter's forward pass)",
+}
+WARMED = "after one more training step on the first batch"
+
 NUMERICS_KNOBS = tuple(k for k, v in KNOBS.items() if v.numerics)
 SETTABLE_KNOBS = tuple(k for k, v in KNOBS.items() if v.settable)
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bnspec.adapter import Adapter
-from bnspec.attribution import explain
+from bnspec.attribution import explain, explains_alternative
 from bnspec.case import Case
 from bnspec.errors import BnspecError
 from bnspec.judging import Verdict, judge
@@ -146,7 +146,7 @@ def minimal_failing(runner: Adapter | Worker, case: Case, declared: Semantics, v
             return False
         if not explanation:
             return not explain(candidate, declared, obs, pairs=False)
-        return judge(candidate, declared.replace(**explanation.first_profile_change()), obs).ok
+        return explains_alternative(candidate, declared, explanation.first_profile_change(), obs)
 
     minimal = shrink(case, still_fails)
     if minimal is case:

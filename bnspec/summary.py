@@ -123,6 +123,7 @@ def _non_conformance(adapter: str, prop: str, prs: list[Record]) -> dict[str, An
         "explained_by": first_bad.explanation.to_json(), "known": first_bad.known,
         **({"closest": first_bad.closest.to_json(), "closest_ratio": _finite_or_repr(first_bad.closest_ratio)}
            if first_bad.closest.knobs else {}),
+        **({"margins": [[_finite_or_repr(v) for v in m] for m in first_bad.margins]} if first_bad.margins else {}),
     }
 
 

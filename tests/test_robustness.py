@@ -77,7 +77,7 @@ def test_each_fault_costs_only_its_own_cells_and_is_reported_as_what_it_is(tmp_p
     # NaN where the reference has numbers is a wrong result (a non-conformance), not a crash.
     assert by["nan_output"]["cells"]["train_output"]["status"] == "fail"
     assert "non-finite" in detail("nan_output")
-    # The segfaulting adapter crashes on batches of 3 or more only; its other cells still ran.
+    # The segfaulting adapter crashes on rank 4-5 input only; its other cells still ran.
     seg = by["segfault"]["cells"]
     assert {c["status"] for c in seg.values()} <= {"pass", "failure"}
     assert any(c["status"] == "failure" and c["detail"].startswith("crash") for c in seg.values())
@@ -215,7 +215,7 @@ def test_a_known_divergence_passes_a_new_one_fails_and_a_vanished_one_is_reporte
     ("[[divergence]]\nid = 'x'\n", "needs a non-empty string 'reason'"),
     ("[[divergence\n", "not valid TOML"),
     ("[[divergence]]\nid='x'\nadapter='a'\nreason='r'\nlink='l'\nknob='momentm'\n", "unknown knob 'momentm'"),
-    ("[[divergence]]\nid='x'\nadapter='a'\nreason='r'\nlink='l'\n", "needs a 'knob' or a 'match'"),
+    ("[[divergence]]\nid='x'\nadapter='a'\nreason='r'\nlink='l'\n", "needs an 'explanation' (or 'knob') or a 'match'"),
     ("[[divergence]]\nid='x'\nadapter='a'\nreason='r'\nlink='l'\nmatch='x'\nwhen='now'\n", "unknown key(s) ['when']"),
 ])
 def test_a_bad_registry_exits_2_with_one_line(tmp_path, text, needle):
@@ -239,16 +239,38 @@ def test_the_builtin_registry_is_valid_and_cites_every_entry():
         assert any(e.covers(n) for n in names), f"{e.id} covers no registered adapter"
 
 
-def test_a_known_divergence_is_identified_by_a_typed_knob_flip_not_by_text():
+def test_a_known_divergence_is_identified_by_its_whole_explanation_not_by_text():
     from bnspec.known import KnownDivergence
     from bnspec.records import Explanation, Status
 
-    entry = KnownDivergence(id="x", adapter=("conv*",), properties=(), reason="r", link="l", knob="running_update")
+    entry = KnownDivergence(id="x", adapter=("conv*",), properties=(), reason="r", link="l",
+                            explanations=(frozenset({"running_update=none", "train_stats"}),))
     pair = Explanation.of([{"running_update": ("none", "ema"), "train_stats": ("running", "batch")}])
     assert entry.matches("converter", "train_output", Status.MISMATCH, "", pair)
     assert not entry.matches("converter", "train_output", Status.FAILURE, "", pair)
     assert not entry.matches("other", "train_output", Status.MISMATCH, "", pair)
+    # one more cause than the entry names is a new divergence, not this one
+    triple = Explanation.of([{"running_update": ("none", "ema"), "train_stats": ("running", "batch"),
+                              "eps": (9.99999975e-06, 1e-05)}])
+    assert not entry.matches("converter", "train_output", Status.MISMATCH, "", triple)
+    # nor is a part of it, or the same knobs with another value
+    assert not entry.matches("converter", "train_output", Status.MISMATCH, "",
+                             Explanation.of([{"running_update": ("none", "ema")}]))
+    one_knob = KnownDivergence(id="y", adapter=("conv*",), properties=(), reason="r", link="l",
+                               explanations=(frozenset({"running_update"}),))
+    assert not one_knob.matches("converter", "train_output", Status.MISMATCH, "", pair)
     # the knob's name in the detail, or in a value, is not a flip of it
     assert not entry.matches("converter", "train_output", Status.MISMATCH, "running_update: 'none'", Explanation())
     assert not entry.matches("converter", "train_output", Status.MISMATCH, "",
                              Explanation.of([{"train_stats": ("running_update", "batch")}]))
+
+
+def test_a_wrong_value_is_never_known_by_its_message_alone():
+    from bnspec.known import KnownDivergence
+    from bnspec.records import Explanation, Status
+
+    entry = KnownDivergence(id="x", adapter=("*",), properties=(), reason="r", link="l", match="MISMATCH|raised")
+    assert not entry.matches("a", "p", Status.MISMATCH, "running_var: MISMATCH at step 3", Explanation())
+    assert entry.matches("a", "p", Status.MISMATCH, "raised ValueError: eps; the profile defines a result",
+                         Explanation())
+    assert entry.matches("a", "p", Status.FAILURE, "crash: MISMATCH", Explanation()) is False  # kind fail only

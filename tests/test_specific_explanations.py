@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bnspec.attribution import _mismatched_steps, explain, placebos
+from bnspec.attribution import _mismatched_steps, candidate, explain, placebos
 from bnspec.judging import judge
 from bnspec.profiles import get_semantics
 from bnspec.properties import generate
@@ -49,9 +49,9 @@ def test_every_explanation_found_rejects_the_placebos_of_its_own_expected_result
     obs = Observation(result=emulate(case, PYTORCH.replace(**wrong)))
     steps = _mismatched_steps(case, PYTORCH, obs, "batch")  # where an explanation must be specific
     for alternative in explain(case, PYTORCH, obs).alternatives:
-        flipped = PYTORCH.replace(**{f.knob: f.observed for f in alternative})
-        for fake in placebos(Observation(result=reference(case, flipped)), steps):
-            assert not judge(case, flipped, fake).ok, (alternative, prop)
+        held, flipped = candidate(case, PYTORCH, {f.knob: f.observed for f in alternative})
+        for fake in placebos(Observation(result=reference(held, flipped)), steps):
+            assert not judge(held, flipped, fake).ok, (alternative, prop)
 
 
 def test_a_semantic_flaw_at_a_large_offset_is_still_found():
