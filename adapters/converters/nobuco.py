@@ -5,8 +5,10 @@ mode, and the running statistics are read from its ``BatchNormalization`` layer.
 Runs in ``envs/nobuco`` (nobuco imports torchvision: torch 2.14.1 + torchvision 0.29.1; nobuco
 0.17.0 imports ``keras.src.engine``, so Keras 2.15 / TensorFlow 2.15 and numpy 1.26). The worker's
 pickled protocol needs numpy 2 on both sides, so the worker runs in the CLI's environment and the
-whole conversion and step plan run in one subprocess of ``envs/nobuco`` (Case and Result as JSON,
-``python -m bnspec.adapters.converters.nobuco``). The
+whole conversion and step plan run in a warm helper process of ``envs/nobuco`` (``_helper``: Case
+and Result as JSON lines, :func:`handle`), started with the worker and kept across cases; each case
+starts from a cleared Keras session, as in a fresh interpreter (the converted layers' names, which
+the trainable weights are reported by, do not count on from the previous case's). The
 module is converted in eval mode, as nobuco's README does (``.eval()`` before the conversion, its
 mode restored afterwards); the Keras model takes and returns channels-last batches
 (``ChannelOrder.TENSORFLOW``), as nobuco produces by default.
@@ -63,25 +65,26 @@ class NobucoAdapter(ConverterAdapter):
         return version_in_env(env_python(self.runner_family), self.framework)
 
     def setup(self) -> None:
-        pass
+        if self.installed():
+            self._helper().start()  # not waited for: the first case waits for its imports
+
+    def _helper(self) -> Any:
+        import os
+
+        from bnspec.adapters.converters._helper import helper
+
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env.update(DEFAULT_ENV, **_ENV)  # the conversion runs pinned like a worker
+        return helper(env_python(self.runner_family), "bnspec.adapters.converters.nobuco:handle", (), env)
 
     def run(self, case: Case) -> Result:
-        import json
-        import os
-        import subprocess
+        from bnspec.adapters.converters._helper import HelperDied
 
         self.check_convertible(case, traced=False)  # the runner checks the shapes
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env.update(DEFAULT_ENV, **_ENV)  # the conversion subprocess runs pinned like a worker
-        proc = subprocess.run(
-            [env_python(self.runner_family), "-m", "bnspec.adapters.converters.nobuco"],
-            input=json.dumps(case.to_dict()), capture_output=True, text=True, timeout=600,
-            env=env)
-        lines = proc.stdout.strip().splitlines()
-        if proc.returncode != 0 or not lines:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise FrameworkError("RunnerFailure", f"nobuco runner: {last}")
-        answer = json.loads(lines[-1])
+        try:
+            answer = self._helper().call({"case": case.to_dict()}, timeout=600)
+        except HelperDied as e:
+            raise FrameworkError("RunnerFailure", f"nobuco runner: {e.last_line}") from None
         if "unsupported" in answer:
             raise UnsupportedFeature(answer["unsupported"])
         if "error" in answer:
@@ -156,21 +159,29 @@ class NobucoAdapter(ConverterAdapter):
         return Result(out, meta, checks)
 
 
-def main() -> int:
-    """The runner: a Case (JSON) on stdin, the Result (JSON) on the last line of stdout."""
-    import json
-    import sys
+# -- the helper side (envs/nobuco) ----------------------------------------------------------------
 
-    case = Case.from_dict(json.loads(sys.stdin.read()))
+def prepare() -> None:
+    """The runner's imports and thread settings, before the first case arrives."""
     TORCH_NOBUCO.setup_runner()
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    """One case (JSON) in the warm runner; the Result (JSON), or what stopped it."""
+    import keras
+
+    case = Case.from_dict(request["case"])
+    TORCH_NOBUCO.setup_runner()
+    # A fresh interpreter's Keras state: no layers yet, so the names start again from
+    # "batch_normalization" (the converted weights are reported by name).
+    keras.backend.clear_session()
     try:
         answer: dict[str, Any] = {"result": TORCH_NOBUCO.run_here(case).to_dict()}
     except UnsupportedFeature as e:
         answer = {"unsupported": str(e)}
     except Exception as e:  # noqa: BLE001 - the converter's failure is the finding
         answer = {"error_type": type(e).__name__, "error": str(e)}
-    sys.stdout.write("\n" + json.dumps(answer) + "\n")
-    return 0
+    return answer
 
 
 TORCH_NOBUCO = NobucoAdapter(
@@ -179,7 +190,3 @@ TORCH_NOBUCO = NobucoAdapter(
     description="torch.nn.BatchNorm -> nobuco.pytorch_to_keras -> Keras 2.15 (TensorFlow 2.15), "
     "trained and evaluated in Keras (envs/nobuco)",
 )
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
