@@ -1,22 +1,24 @@
 """The source half of a path whose source and target frameworks live in different environments:
 build the source BatchNorm from a Case, export it to ONNX, and check the conversion left the source
-untouched, in the source's own interpreter. A worker runs it as a subprocess:
+untouched, in the source's own interpreter. The worker keeps that interpreter warm, one helper
+process per environment (``_helper``), for the adapter's lifetime:
 
-    <python> -m bnspec.adapters.converters._export KIND OUT.onnx  < case.json  > meta.json
+    <python> -m bnspec.adapters.converters._helper bnspec.adapters.converters._export:handle KIND
+
+answers ``{"kind": KIND, "case": CASE, "out": OUT.onnx}`` with ``{"meta": META}``, the ONNX model
+written to OUT.onnx.
 
 KIND is ``torch`` (``torch.onnx.export``, TorchScript exporter, ``TrainingMode.EVAL``; the module
 as built, in training mode, as the other torch paths) or ``flax_nnx`` (``jax2onnx.to_onnx`` of an
 ``nnx.BatchNorm`` with ``use_running_average=True``). The meta holds ``source_changes`` and
 ``trainable_source`` (:data:`SOURCE_CHECKS`, the source's half of the conversion checks), plus the
-exporter's versions.
+exporter's versions. Both exports are functions of the case alone (every setting passed, no name
+counters that reach the artifact), so a warm interpreter exports what a fresh one does.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,27 +28,67 @@ from bnspec.errors import FrameworkError
 
 # What the source's interpreter checks: what changed in the source, its trainable parameters.
 SOURCE_CHECKS = ("source_changes", "trainable_source")
+_TARGET = "bnspec.adapters.converters._export:handle"
+
+
+def _helper(python: str, kind: str) -> Any:
+    from bnspec.adapters.converters._helper import helper
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    return helper(python, _TARGET, (kind,), env)
+
+
+def prestart(python: str, kind: str) -> None:
+    """Start the exporting interpreter now, without waiting for it (a worker's setup)."""
+    if Path(python).exists():
+        _helper(python, kind).start()
 
 
 def export_onnx(python: str, kind: str, case: Case, timeout: float = 600.0) -> tuple[Any, dict[str, Any]]:
-    """Run the export in ``python``; return the ONNX model and the source-side meta."""
+    """Run the export in ``python`` (its warm helper); return the ONNX model and the source-side
+    meta."""
     import onnx
+
+    from bnspec.adapters.converters._helper import HelperDied
 
     if not Path(python).exists():
         raise FrameworkError("FileNotFoundError", f"the source interpreter {python} does not exist")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "model.onnx")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND")}
-        env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-        proc = subprocess.run(
-            [python, "-m", "bnspec.adapters.converters._export", kind, out],
-            input=json.dumps(case.to_dict()), capture_output=True, text=True, timeout=timeout,
-            env=env)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise FrameworkError("ExportFailure", f"{kind} export in {python}: {last}")
+        try:
+            answer = _helper(python, kind).call({"kind": kind, "case": case.to_dict(), "out": out},
+                                              timeout)
+        except HelperDied as e:
+            raise FrameworkError("ExportFailure", f"{kind} export in {python}: {e.last_line}") from None
+        if "error" in answer:
+            raise FrameworkError("ExportFailure", f"{kind} export in {python}: {answer['error']}")
         model = onnx.load(out)
-    return model, json.loads(proc.stdout.strip().splitlines()[-1])
+    return model, answer["meta"]
+
+
+# -- the helper side ------------------------------------------------------------------------------
+
+def prepare(kind: str) -> None:
+    """The imports and settings of the first export, done before any case arrives."""
+    import logging
+
+    if kind == "torch":
+        import torch
+
+        import bnspec.adapters.torch  # noqa: F401 - the source module's builder
+
+        torch.set_num_threads(1)
+    elif kind == "flax_nnx":
+        import flax.nnx  # noqa: F401
+        import jax2onnx  # noqa: F401
+
+        logging.getLogger().setLevel(logging.ERROR)
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    case = Case.from_dict(request["case"])
+    return {"meta": _EXPORTS[request["kind"]](case, request["out"])}
 
 
 def _torch(case: Case, out: str) -> dict[str, Any]:
@@ -94,13 +136,4 @@ def _flax_nnx(case: Case, out: str) -> dict[str, Any]:
             "trainable_source": src.sizes(nnx.state(model, nnx.Param))}
 
 
-def main(argv: list[str]) -> int:
-    kind, out = argv
-    case = Case.from_dict(json.loads(sys.stdin.read()))
-    meta = {"torch": _torch, "flax_nnx": _flax_nnx}[kind](case, out)
-    print(json.dumps(meta))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+_EXPORTS = {"torch": _torch, "flax_nnx": _flax_nnx}

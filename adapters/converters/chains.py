@@ -1,6 +1,7 @@
 """Chains of conversions whose ends live in different environments: the source is built and
-exported in its own interpreter (``_export``, a subprocess), the worker converts the ONNX model
-on and runs the whole step plan in the target.
+exported in its own interpreter (``_export``, a warm helper process of the worker, one per
+environment, kept across cases), the worker converts the ONNX model on and runs the whole step plan
+in the target.
 
 - ``flax_nnx_jax2onnx_onnx2torch``: ``nnx.BatchNorm`` -> ``jax2onnx.to_onnx`` (eval,
   ``use_running_average=True``; envs/jax2onnx) -> ``onnx2torch.convert`` -> torch, trained and
@@ -47,6 +48,9 @@ class FlaxOnnx2TorchAdapter(ConverterAdapter):
         import onnx2torch  # noqa: F401
         import torch
 
+        from bnspec.adapters.converters._export import prestart
+
+        prestart(env_python(self.source_family), "flax_nnx")  # JAX's imports run beside torch's
         torch.set_num_threads(1)
 
     def run(self, case: Case) -> Result:

@@ -4,8 +4,9 @@ TensorFlow: each step calls the converted model with ``training=`` the step's mo
 
 onnx2tf 2.x needs Python >= 3.12 and pins its own onnx/onnxruntime/protobuf, so the worker runs in
 ``envs/onnx2tf``, which has no torch: the source is built and exported in the main environment's
-interpreter (``_export``, a subprocess; ``BNSPEC_TORCH_PYTHON`` overrides ``<repo>/.venv``), the
-conversion and the step plan run in the worker.
+interpreter (``_export``, a warm helper process of the worker, started with it and kept across
+cases; ``BNSPEC_TORCH_PYTHON`` overrides ``<repo>/.venv``), the conversion and the step plan run in
+the worker.
 
 onnx2tf's default back end in 2.x (``flatbuffer_direct``) lowers ONNX straight to a .tflite file
 and returns no TensorFlow model; ``tflite_backend="tf_converter"`` is the one that builds the
@@ -71,6 +72,9 @@ class Onnx2TfAdapter(ConverterAdapter):
         import onnx2tf  # noqa: F401
         import tensorflow as tf
 
+        from bnspec.adapters.converters._export import prestart
+
+        prestart(torch_python(), "torch")  # torch's imports run beside TensorFlow's
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
