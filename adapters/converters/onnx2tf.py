@@ -139,7 +139,11 @@ def _convert(onnx_model: Any) -> tuple[Any, list[str]]:
     import tempfile
 
     import onnx2tf
+    import tf_keras
 
+    # A fresh interpreter's Keras state: onnx2tf builds a tf_keras model, whose layer names (in
+    # the conversion record) would otherwise count on from the previous case's in a warm worker.
+    tf_keras.backend.clear_session()
     log = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp, _no_network() as attempts, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
