@@ -405,7 +405,7 @@ def test_tf2onnx_from_keras_cannot_convert_a_keras3_model() -> None:
     assert result.meta["exporters"]["eval"] == "from_function(training=False)"
 
 
-# -- torch -> nobuco -> Keras 2.15 (envs/nobuco, a subprocess of the worker) -----------------------
+# -- torch -> nobuco -> Keras 2.15 (envs/nobuco, a warm helper process of the worker) -------------
 NOBUCO = "bnspec.adapters.converters.nobuco:TORCH_NOBUCO"
 
 
