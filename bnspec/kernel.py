@@ -25,8 +25,10 @@ class Affine:
 
 @dataclass(frozen=True)
 class Linear:
-    """dx = g * gr - k + (x - mean) * coef per channel; coef None when the statistics used to
-    normalize do not depend on the batch."""
+    """dx = gr * (g - k + (x - mean) * coef) per channel; coef None when the statistics used to
+    normalize do not depend on the batch. gr (gamma r) multiplies last: k and coef are of the
+    order of g, so no product of per-channel factors underflows where dx does not (gamma dr is
+    below float64's range when gamma is 1e-202 and the variance 1e99, gamma r and dx are not)."""
 
     gr: np.ndarray
     k: np.ndarray
@@ -98,12 +100,12 @@ class Batch:
                 if y_shift is not None:
                     yb += y_shift[:, bc]
             if dx is not None and g3 is not None:
-                db = np.multiply(g3[bn, bc], gr[:, bc], out=dx[bn, bc])
-                db -= k[:, bc]
+                db = np.subtract(g3[bn, bc], k[:, bc], out=dx[bn, bc])
                 if coef is not None:
                     if dx_mean is not None:
                         dev = self._deviation(bn, bc, dx_mean)
                     db += np.multiply(dev, coef[:, bc], out=self._tmp[: dev.size].reshape(dev.shape))
+                db *= gr[:, bc]
         return (None if y is None else y.reshape(self.shape)), (None if dx is None else dx.reshape(self.shape))
 
 
