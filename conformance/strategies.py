@@ -9,9 +9,18 @@ shrinks toward the plain case: one training step, one channel, one value, eps 1e
 
 The draws reach the corners that separate the knobs: one value per channel (N·spatial = 1),
 large offsets relative to the spread (|mean|/std of 1e4 and beyond, where a one-pass variance
-cancels), constant channels, tiny and huge scales, values at a dtype's limits, NaN and ±Inf,
-eps = 0 and eps below the fused kernels' 1.001e-5 floor, momentum 0 and 1 and None
-(cumulative), zero and negative gamma, affine off, frozen and eval steps mixed with training.
+cancels), constant channels, tiny and huge scales, values at the edge of the range the spec
+defines and subnormal ones, NaN and ±Inf, eps = 0 and eps below the fused kernels' 1.001e-5
+floor, momentum 0 and 1 and None (cumulative), zero and negative gamma, affine off, frozen and
+eval steps mixed with training.
+
+They stay where the spec defines a result beyond "the exact value, or NaN/Inf"
+(bnspec.bounds): the largest magnitudes are those whose batch sums and sums of squares still
+fit the dtype the statistics are computed in (the wider of the input's and float32:
+:func:`largest_defined`), not the dtype's own largest value, where a sum overflows in one order
+of operations and not in another; a continuous eps or momentum is a normal number of the
+dtypes that hold it (eps >= float32's smallest normal, momentum and 1 - momentum >= float16's),
+not a value that rounds to 0 there.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from hypothesis.extra import numpy as hnp
 
 from bnspec.adapter import Capabilities
 from bnspec.case import Case, Layout, Mode, make_case
-from bnspec.dtypes import DTYPES, np_dtype, round_to
+from bnspec.dtypes import DTYPES, more_precise, np_dtype, round_to
 
 MAX_VALUES = 64  # per batch
 MAX_STEPS = 12
@@ -37,8 +46,8 @@ MAX_CHANNELS = 4
 # well past 1e4 (float64's one-pass variance loses every digit near 1e8).
 _OFFSET_RATIOS = (0.0, 1.0, 1e2, 1e4, 1e5, 1e8)
 # Scale exponents (powers of two) of ordinary data per dtype: tiny and huge, but leaving room
-# below the dtype's largest value for the offset and the spread.
-_SCALE_EXPONENTS = {"float16": 10, "bfloat16": 60, "float32": 60, "float64": 400}
+# below largest_defined for the offset and the spread.
+_SCALE_EXPONENTS = {"float16": 10, "bfloat16": 56, "float32": 56, "float64": 400}
 _SPECIAL_VALUES = (float("nan"), float("inf"), float("-inf"))
 
 
@@ -67,8 +76,13 @@ _GAMMAS = st.one_of(st.sampled_from((1.0, 0.0, -1.0, 0.5, -2.5)), st.floats(-8.0
 _BETAS = st.one_of(st.sampled_from((0.0, 1.0, -3.0)), st.floats(-8.0, 8.0, allow_nan=False))
 _RUNNING_MEANS = st.one_of(st.just(0.0), st.floats(-1e3, 1e3, allow_nan=False))
 _RUNNING_VARS = st.one_of(st.sampled_from((1.0, 0.0, 1e-3, 1e4)), st.floats(0.0, 1e3, allow_nan=False))
-_EPS = st.one_of(st.sampled_from((1e-5, 0.0, 1e-3, 1.001e-5, 1e-6, 1e-10)), st.floats(0.0, 0.1, allow_nan=False))
-_MOMENTA = (st.sampled_from((0.1, 0.0, 1.0, 0.01, 0.5, 0.99)), st.floats(0.0, 1.0, allow_nan=False))
+# Continuous eps and momentum: normal numbers of the dtypes that hold them (eps is added in the
+# compute dtype, float32 at the narrowest; the momentum blends in the state dtype, float16 at the
+# narrowest), where a value that rounds to 0 leaves the result defined only up to NaN.
+_EPS_MIN = 2.0**-126  # float32's smallest normal
+_MOMENTUM_MIN = 2.0**-14  # float16's smallest normal
+_EPS = st.one_of(st.sampled_from((1e-5, 0.0, 1e-3, 1.001e-5, 1e-6, 1e-10)), st.floats(_EPS_MIN, 0.1))
+_MOMENTA = (st.sampled_from((0.1, 0.0, 1.0, 0.01, 0.5, 0.99)), st.floats(_MOMENTUM_MIN, 1.0 - _MOMENTUM_MIN))
 
 
 @_cached
@@ -76,6 +90,18 @@ def _finfo(dtype: str) -> Any:
     import ml_dtypes
 
     return ml_dtypes.finfo(np_dtype(dtype))
+
+
+@_cached
+def largest_defined(dtype: str) -> float:
+    """The largest |x| a batch of ``dtype`` is drawn with: up to MAX_VALUES values per channel
+    whose sum and sum of squared deviations (at most (2|x|)^2 each) stay below a quarter of the
+    largest value of the dtype the statistics are computed in (the wider of ``dtype`` and
+    float32), far from where rounding could carry them to inf; the dtype's own largest value
+    where that is smaller (float16: its whole range)."""
+    compute = more_precise(dtype, "float32")
+    room = float(_finfo(compute).max) / 4 / MAX_VALUES
+    return min(float(_finfo(dtype).max), math.sqrt(room) / 2, room)
 
 
 def momentum_choices(caps: Capabilities) -> tuple[float | None, ...] | None:
@@ -154,8 +180,9 @@ def batches(shape: tuple[int, ...], dtype: str, *, nonfinite: bool = True) -> st
     """One batch of ``shape``, exactly representable in ``dtype`` (as float64).
 
     Regimes: ordinary data (a per-channel offset of up to 1e8 spreads, a spread from tiny to
-    huge, some channels constant), data at the dtype's largest values, data at its smallest
-    normal and subnormal values; with ``nonfinite``, a few elements set to NaN or ±Inf."""
+    huge, some channels constant), data at the largest magnitudes the spec defines a result for
+    (:func:`largest_defined`), data at the dtype's smallest normal and subnormal values; with
+    ``nonfinite``, a few elements set to NaN or ±Inf."""
     return _batches(tuple(shape), dtype, nonfinite)
 
 
@@ -183,13 +210,13 @@ def _batches(draw: Any, shape: tuple[int, ...], dtype: str, nonfinite: bool) -> 
         spread = 2.0**exponent
         ratios = draw(_fixed_lists(_RATIOS, c), label="offset / spread per channel")
         signs = draw(_fixed_lists(_SIGNS, c), label="offset sign per channel")
-        # Keep |offset| + 4 spread within a quarter of the largest value, so a huge offset in a
-        # narrow dtype stays finite (it rounds the spread away instead: a constant channel).
-        limit = float(info.max) / 4 / spread - 4.0
+        # Keep |offset| + 4 spread within largest_defined, so a huge offset in a narrow dtype
+        # stays in the defined range (it rounds the spread away instead: a constant channel).
+        limit = largest_defined(dtype) / spread - 4.0
         offsets = [s * min(r, max(limit, 0.0)) * spread for r, s in zip(ratios, signs, strict=True)]
         x = z * spread + _per_channel(shape, offsets)
     elif regime == "largest":
-        x = z / 4.0 * float(info.max)  # |x| <= max: sums and squares overflow
+        x = z / 4.0 * largest_defined(dtype)  # the edge of the defined range
     else:
         tiny = float(info.smallest_normal)
         x = z * tiny  # rounds to subnormals (or zero where the dtype has none to spare)
@@ -349,6 +376,7 @@ __all__ = [
     "cases",
     "dtypes",
     "hyperparameters",
+    "largest_defined",
     "layouts",
     "momentum_choices",
     "param_dtypes",

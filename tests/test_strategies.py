@@ -183,7 +183,7 @@ def test_batches_reach_constant_channels_tiny_and_huge_scales_and_the_dtype_limi
     batches = bs.batches((4, 2), dtype, nonfinite=False)
     assert_reachable(batches, lambda x: bool((np.ptp(_channels(x), axis=1) == 0).any() and np.abs(x).max() > 0))
     finite_max = lambda x: float(np.abs(x).max())  # noqa: E731
-    assert_reachable(batches, lambda x: finite_max(x) >= float(info.max) / 2)
+    assert_reachable(batches, lambda x: finite_max(x) >= bs.largest_defined(dtype) / 2)
     assert_reachable(batches, lambda x: bool(((x != 0) & (np.abs(x) < float(info.smallest_normal))).any()))
     assert_reachable(batches, lambda x: 0 < finite_max(x) <= 2.0**-8 and np.ptp(x) > 0)
     assert_reachable(batches, lambda x: finite_max(x) >= 2.0**8 and np.ptp(x) >= 2.0**6)
@@ -290,3 +290,33 @@ def test_biased_running_var_is_falsified_with_a_shrunk_counterexample() -> None:
     assert all(s.x.size == 2 and s.x.shape[1] == 1 for s in counterexample.steps), counterexample.label
     assert any(s.mode == "train" for s in counterexample.steps)
     assert (counterexample.momentum, counterexample.eps) == (0.1, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batches_stay_where_the_spec_defines_their_statistics(dtype: str) -> None:
+    """No drawn value is beyond largest_defined: 64 of them, their sum and their sum of squared
+    deviations fit the compute dtype (the wider of the input's and float32) with room to spare,
+    so no summation order overflows it (bnspec.bounds.reaches)."""
+    from bnspec.bounds import reaches
+    from bnspec.dtypes import more_precise
+
+    limit = bs.largest_defined(dtype)
+    compute = more_precise(dtype, "float32")
+    n = bs.MAX_VALUES
+    assert not reaches(n * limit, compute, 1.0) and not reaches(n * (2 * limit) ** 2, compute, 1.0)
+
+    @settings(FIXED, max_examples=200)
+    @given(bs.batches((8, 2), dtype, nonfinite=False))
+    def within(x: np.ndarray) -> None:
+        assert float(np.abs(x).max()) <= limit * (1 + 2.0**-7)  # rounded into the dtype once
+
+    within()
+
+
+def test_continuous_eps_and_momentum_are_normal_numbers_of_the_dtypes_that_hold_them() -> None:
+    """A continuous draw never rounds to 0 where it is held: eps (added in float32 at the
+    narrowest) >= float32's smallest normal, momentum and 1 - momentum >= float16's."""
+    hyper = _draws(bs.hyperparameters(_ALL), 300)
+    assert all(h["eps"] == 0.0 or h["eps"] >= 2.0**-126 for h in hyper)
+    assert all(h["momentum"] is None or h["momentum"] in (0.0, 1.0)
+               or min(h["momentum"], 1 - h["momentum"]) >= 2.0**-14 - 1e-18 for h in hyper)
