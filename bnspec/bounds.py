@@ -55,6 +55,10 @@ def underflow(dtype: str) -> float:
     return _RANGE[dtype][1]
 
 
+def smallest_normal(dtype: str) -> float:
+    return underflow(dtype) / (2 * unit_roundoff(dtype))
+
+
 def overflow_threshold(dtype: str) -> float:
     """The smallest magnitude that rounds to +-inf in ``dtype`` (round to nearest)."""
     return _RANGE[dtype][2]
@@ -312,6 +316,10 @@ class Bounds:
                     g_f * r_f * m_f, nd, growth)
             if largest(nd) < largest(ar.output):
                 nonfinite = nonfinite | reaches(_finite(y), nd, growth)
+            # r or gamma r below the normal range may be 0 there: an infinite input times it is NaN
+            # where the exact product is +-inf (a folded kernel's scale underflowing, gamma 1e-45)
+            vanishing = (r_f < smallest_normal(nd)) | (g_f * r_f < smallest_normal(nd))
+            nonfinite = nonfinite | (vanishing & ~np.isfinite(x))
             alt = None
             if stats.var_inf.any():  # r may be 0: y = beta (0 * (x - mean) + beta, either form)
                 shift = case.beta.reshape(shape) if case.beta is not None else np.zeros(shape)
@@ -327,11 +335,12 @@ class Bounds:
                 # the statistics as they are used: the mean and r rounded into the normalize dtype
                 bm_n = bm + self.u_n * m + self.e_n
                 rel_r = dlog_r * bv + self.u_n + self.e_n / r
-                # dx: the reductions' rounding, r's error, the mean's error through xhat (in x - mean
-                # and in mean(dy xhat)), the underflows of its products (those of sum(dy (x - mean))
+                # dx: the reductions' rounding, r's error (relative in dx, and twice through xhat
+                # mean(dy xhat), where it does not cancel as dx does), the mean's error through xhat
+                # (in x - mean and in mean(dy xhat)), the underflows of its products (those of sum(dy (x - mean))
                 # come back multiplied by r^2 |x - mean|); returned in the input's dtype: its final
                 # rounding is u_in |dx| (+ e_in).
-                b_dx = (self.u_c * g * scale_dx + np.abs(res.dx) * rel_r
+                b_dx = (self.u_c * g * scale_dx + (np.abs(res.dx) + 2 * gamma * r * xhat * mean_dyx) * rel_r
                         + gamma * r * r * bm_n * (mean_dyx + xhat * mean_dy + mean_dy)
                         + self.e_c * (gamma * r * r * xhat + 2 * gamma * r + gamma + 2)
                         + self.u_in * np.abs(res.dx) + self.e_in)

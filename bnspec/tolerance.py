@@ -22,7 +22,8 @@ of a tree/blocked reduction):
 - gradients, with the statistics as they are used (rounded into the normalize dtype):
   B'_mu = B_mu + u_n |mu| and e_r = |r'/r| B'_v + u_n,
                     B_dx = u_c g |gamma| r (|dy| + mean|dy| + |xhat| mean|dy xhat|) + u_in |dx|
-                           + |dx| e_r + |gamma| r^2 B'_mu (mean|dy xhat| + |xhat| mean|dy| + mean|dy|)
+                           + (|dx| + 2 |gamma| r |xhat| mean|dy xhat|) e_r
+                           + |gamma| r^2 B'_mu (mean|dy xhat| + |xhat| mean|dy| + mean|dy|)
                     B_dgamma = u_c g sum|dy xhat| + sum|dy| r B'_mu + sum|dy xhat| e_r + u_p |dgamma|
                     B_dbeta = u_c g sum|dy| + u_p sum|dy|
 

@@ -100,3 +100,21 @@ def test_the_clone_is_faithful_to_torch_in_float64():
                     scale = max(float(np.abs(b[fin]).max()), 1e-300)
                     assert float(np.abs(a[fin] - b[fin]).max()) <= 5e-15 * scale, f"{case.label} step {i} {q}"
     assert compared >= 30
+
+
+def test_a_gradient_that_cancels_keeps_the_error_of_r_rounded_into_the_normalize_dtype():
+    """dy = xhat: dx = gamma r (dy - mean(dy) - xhat mean(dy xhat)) cancels to 0 exactly. With r
+    rounded into bfloat16 (the parameters', and so the normalize dtype, as torch and the clone
+    hold invstd) the two xhat factors no longer cancel: dx is off by 2 u_n r |xhat| mean|dy xhat|,
+    which is not proportional to dx (a drawn case flagged both torch and the clone)."""
+    from bnspec.case import make_case
+    from bnspec.judging import judge
+
+    x = np.array([1.0, -1.25, -0.5, -1.125, 0.125, 0.75, 2.0, -0.875]).reshape(8, 1) * 1e17
+    mean, std = x.mean(), x.std()
+    case = make_case(x, modes="train", grad_outputs=[(x - mean) / std], gamma=None, beta=None,
+                     dtype="bfloat16", track_running_stats=False, eps=1e-2)
+    clone = load_adapter_ref(CLONE)
+    obs = observe(clone, case)
+    assert obs.result is not None and np.abs(obs.result.steps[0].dx).max() > 0  # not 0: r was rounded
+    assert judge(case, resolve("pytorch").semantics, obs).ok

@@ -93,3 +93,17 @@ def test_a_momentum_the_state_dtype_holds_as_zero_may_blend_inf_into_nan():
         expected = reference(case, PYTORCH)
         assert expected.steps[0].running_mean[0] == np.inf
         assert _ok(case, _changed(expected, 0, "running_mean", np.nan)) is nan_conforms, momentum
+
+
+def test_a_scale_below_the_normal_range_may_turn_an_infinite_input_into_nan():
+    # gamma r = 6e-47 is 0 in float32: a folded kernel's x (gamma r) is inf * 0 = NaN where the
+    # exact (x - mean) r gamma is -inf. With gamma 1 nothing vanishes: NaN is wrong.
+    x = np.array([[1.0], [-np.inf], [2.0]])
+    for gamma, nan_conforms in ((1.4e-45, True), (1.0, False)):
+        case = make_case(x, modes="eval", gamma=np.array([gamma]), beta=np.array([1.0]),
+                         running_var=np.array([544.8]), dtype="float32")
+        expected = reference(case, PYTORCH)
+        assert expected.steps[0].y[1, 0] == -np.inf
+        nan_there = expected.steps[0].y.copy()
+        nan_there[1, 0] = np.nan
+        assert _ok(case, _changed(expected, 0, "y", nan_there)) is nan_conforms, gamma
