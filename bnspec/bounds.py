@@ -188,6 +188,7 @@ class Bounds:
         # possibly non-finite (and the variance possibly inf)
         free_mean, free_var = np.zeros(c, bool), np.zeros(c, bool)
         nf_mean, nf_var = np.zeros(c, bool), np.zeros(c, bool)
+        inf_var = np.zeros(c, bool)  # the variance may be inf with its mean finite (r = 0: y = beta)
         prev_mean = case.running_mean.copy()
         prev_var = case.running_var.copy()
         for step, sp, res in zip(case.steps, plan.steps, expected.steps, strict=True):
@@ -241,9 +242,9 @@ class Bounds:
                 nf_mean |= (rng.nonfinite | reaches(mu_f, ar.state, growth)
                             | reaches(_finite(prev_mean), ar.state, growth)
                             | (vanishes & ~(np.isfinite(mu) & np.isfinite(prev_mean))))
-                nf_var |= (rng.nonfinite | reaches(into_var, ar.state, growth)
-                           | reaches(_finite(prev_var), ar.state, growth)
-                           | (vanishes & ~(np.isfinite(v) & np.isfinite(prev_var))))
+                var_reaches = reaches(into_var, ar.state, growth) | reaches(_finite(prev_var), ar.state, growth)
+                nf_var |= rng.nonfinite | var_reaches | (vanishes & ~(np.isfinite(v) & np.isfinite(prev_var)))
+                inf_var |= rng.var_inf | var_reaches
                 prev_mean, prev_var = hid_mean, hid_var
             if res.running_mean is not None and res.running_var is not None:
                 bounds["running_mean"] = Bound(
@@ -261,7 +262,7 @@ class Bounds:
                     out = _Range(rng.free, rng.nonfinite, rng.var_inf)
                 else:
                     bm_s, bv_s = run_mean_b, run_var_b
-                    out = _Range(free_mean | free_var, nf_mean | nf_var, nf_var.copy())
+                    out = _Range(free_mean | free_var, nf_mean | nf_var, inf_var.copy())
                 self._output_bounds(bounds, step, res, m_s, v_s, bm_s, bv_s, g, out)
             self.per_step.append(bounds)
 
