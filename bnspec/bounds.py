@@ -150,7 +150,8 @@ class Bounds:
         self.case, self.plan = case, plan
         self.eps = plan.eps_float
         self.per_step: list[dict[str, Bound]] = []
-        self._build(expected)
+        with np.errstate(all="ignore"):  # NaN and Inf inputs reach the bounds too: IEEE's business
+            self._build(expected)
 
     def get(self, step: int, q: str, expected: np.ndarray) -> Bound:
         return self.per_step[step].get(q) or Bound(
