@@ -71,8 +71,8 @@ def reaches(value: np.ndarray | float, dtype: str, growth: float = 0.0) -> np.nd
     for float64), or it overflowed float64 on its way here."""
     v = np.abs(np.asarray(value, dtype=np.float64))
     limit = overflow_threshold(dtype) if dtype != "float64" else largest(dtype)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return ~np.isfinite(v) | (v * (1 + growth) >= limit)
+    # v >= limit / (1 + growth), or not finite (NaN compares False: the negation catches it)
+    return ~(v < limit / (1 + growth))
 
 
 def _finite(a: np.ndarray | float) -> np.ndarray:
@@ -105,8 +105,7 @@ def _free(bound: np.ndarray | float, free: np.ndarray | bool = False) -> np.ndar
     """``bound`` with the elements outside the model (``free``) unconstrained (+inf). A bound that
     is not finite by its own arithmetic (an expected NaN or +-inf, from NaN or Inf inputs) is NaN:
     any error is allowed there, but the expected value's kind must be matched."""
-    with np.errstate(invalid="ignore"):
-        return np.where(free, np.inf, np.where(np.isfinite(bound), bound, np.nan))
+    return np.where(free, np.inf, np.where(np.isfinite(bound), bound, np.nan))
 
 
 @dataclass
@@ -158,22 +157,30 @@ class Bounds:
             np.abs(expected) * self.u_c, np.abs(expected), self.units["compute"]
         )
 
-    def _range(self, x: np.ndarray, n: int, g: float) -> tuple[_Range, np.ndarray, np.ndarray]:
+    def _range(self, x: np.ndarray, n: int, g: float, a: np.ndarray, mu: np.ndarray,
+               v: np.ndarray) -> tuple[_Range, np.ndarray, np.ndarray]:
         """The step's sums against their dtypes' range, and the exact mean and sum of squares of
-        its finite values."""
+        its finite values (``a``, ``mu``, ``v``: mean |x|, mean and variance of all values)."""
         axes = (0, *range(2, x.ndim))
         compute = self.dtypes.compute
-        with np.errstate(invalid="ignore", over="ignore"):
+        growth = K["batch_var"] * g * self.u_c
+        if np.isfinite(x).all():
+            mean, squares = mu, (x**2).sum(axis=axes) if self.one_pass else v * n
+            # partial sums, in any order, lie within +-sum|x| (and between -neg and pos)
+            biggest = a * n
+            if not reaches(biggest, compute, growth).any():
+                pos = neg = biggest
+            else:
+                pos, neg = np.maximum(x, 0).sum(axis=axes), np.maximum(-x, 0).sum(axis=axes)
+        else:
             xf = _finite(x)
             pos, neg = np.maximum(xf, 0).sum(axis=axes), np.maximum(-xf, 0).sum(axis=axes)
             mean = (pos - neg) / n
             squares = ((xf if self.one_pass else xf - mean.reshape(_bs(x))) ** 2).sum(axis=axes)
-        # partial sums, in any order, lie between -neg and pos; rounding grows them by the
-        # model's u g (times K) at most
+        # rounding grows the partial sums by the model's u g (times K) at most
         biggest = np.maximum(pos, neg)
-        free = reaches(biggest, "float64", K["batch_var"] * g * 2.0**-53) | reaches(squares, "float64",
-                                                                                K["batch_var"] * g * 2.0**-53)
-        growth = K["batch_var"] * g * self.u_c
+        growth64 = K["batch_var"] * g * 2.0**-53
+        free = reaches(biggest, "float64", growth64) | reaches(squares, "float64", growth64)
         var_inf = reaches(squares, compute, growth)
         nonfinite = reaches(biggest, compute, growth) | var_inf
         if compute == "float64":  # the profile's sums are the reference's own
@@ -197,11 +204,10 @@ class Bounds:
             axes = (0, *range(2, x.ndim))
             n = x.size // c
             g = 1.0 + math.log2(n)
-            with np.errstate(invalid="ignore", over="ignore"):
-                a = np.abs(x).mean(axis=axes)
-                mu = x.mean(axis=axes)
-                v = ((x - mu.reshape(_bs(x))) ** 2).mean(axis=axes)
-            rng, mu_f, squares = self._range(x, n, g)
+            a = np.abs(x).mean(axis=axes)
+            mu = x.mean(axis=axes)
+            v = ((x - mu.reshape(_bs(x))) ** 2).mean(axis=axes)
+            rng, mu_f, squares = self._range(x, n, g, a, mu, v)
             b_mu = self.u_c * g * a + self.e_c  # the division by n may underflow
             if self.one_pass:
                 b_v = self.u_c * g * (v + mu**2) * 2 + 2 * self.e_c
@@ -235,8 +241,7 @@ class Bounds:
                              + momentum_err_var + 3 * self.e_s)
                 # What is blended, in the state dtype. Once outside the model a statistic stays
                 # there, even at weight 0 or 1 (IEEE's 0 * inf is NaN).
-                with np.errstate(invalid="ignore", over="ignore"):
-                    into_var = squares / n * factor
+                into_var = squares / n * factor
                 growth = 4 * K["running_var"] * self.u_s
                 free_mean |= rng.free
                 free_var |= rng.free
@@ -307,21 +312,24 @@ class Bounds:
             # outside the model; the normalisation's intermediates, over the finite values, in
             # the normalize dtype (and y itself where that is narrower than the output's).
             nd, growth = ar.normalize, 4 * K["y"] * self.u_n
-            free = stats.free.reshape(shape) | np.isposinf(r) | reaches(_finite(r), "float64") | unconstrained
-            r_f, m_f, g_f = _finite(r), _finite(m), gamma * np.ones(shape)
-            dev_f = np.abs(_finite(x) - m_f)
-            nonfinite = (stats.nonfinite.reshape(shape) | reaches(r_f, nd, growth) | reaches(m_f, nd, growth)
-                         | reaches(dev_f, nd, growth) | reaches(dev_f * r_f, nd, growth)
-                         | reaches(g_f * dev_f * r_f, nd, growth))
+            free = stats.free.reshape(shape) | np.isposinf(r) | unconstrained
+            r_f, m_f = _finite(r), _finite(m)
+            g_f = np.maximum(gamma, 1.0)  # a product times gamma, or the product itself
+            x_f = _finite(x)
+            dev_f = np.abs(x_f - m_f)
+            # each intermediate's magnitude: r, the mean, x - mean, (x - mean) r (gamma); folded:
+            # x (gamma r) and mean (gamma r); y where the normalize dtype is narrower
+            biggest = np.maximum(np.maximum(r_f, m_f), np.maximum(dev_f, g_f * dev_f * r_f))
             if self.folded:
-                nonfinite = nonfinite | reaches(g_f * r_f * np.abs(_finite(x)), nd, growth) | reaches(
-                    g_f * r_f * m_f, nd, growth)
+                biggest = np.maximum(biggest, g_f * r_f * np.maximum(np.abs(x_f), m_f))
             if largest(nd) < largest(ar.output):
-                nonfinite = nonfinite | reaches(_finite(y), nd, growth)
+                biggest = np.maximum(biggest, np.abs(_finite(y)))
+            nonfinite = stats.nonfinite.reshape(shape) | reaches(biggest, nd, growth)
             # r or gamma r below the normal range may be 0 there: an infinite input times it is NaN
             # where the exact product is +-inf (a folded kernel's scale underflowing, gamma 1e-45)
-            vanishing = (r_f < smallest_normal(nd)) | (g_f * r_f < smallest_normal(nd))
-            nonfinite = nonfinite | (vanishing & ~np.isfinite(x))
+            if not np.isfinite(x).all():
+                vanishing = (r_f < smallest_normal(nd)) | (gamma * r_f < smallest_normal(nd))
+                nonfinite = nonfinite | (vanishing & ~np.isfinite(x))
             alt = None
             if stats.var_inf.any():  # r may be 0: y = beta (0 * (x - mean) + beta, either form)
                 shift = case.beta.reshape(shape) if case.beta is not None else np.zeros(shape)

@@ -172,24 +172,27 @@ def _check(step: int, q: str, expected: np.ndarray, observed: np.ndarray, bound:
         return Check(step, q, False, math.inf, 0.0, bound.unit,
                      note=f"shape {observed.shape}, expected {expected.shape}")
     e_fin, o_fin = np.isfinite(expected), np.isfinite(observed)
-    allowed = K[q] * np.nan_to_num(bound.absolute, nan=np.inf, posinf=np.inf)
+    absolute = np.asarray(bound.absolute, dtype=np.float64)
+    allowed = K[q] * np.where(np.isnan(absolute), np.inf, absolute)
     # +inf marks an element the model deliberately leaves free (the exact reference's own float64
     # arithmetic may overflow there; the output where the one-pass variance error reaches the
     # variance): any value, NaN included. A NaN bound only means NaN inputs reached it, and an
     # expected NaN must still be matched in kind.
-    unconstrained = np.broadcast_to(np.isposinf(bound.absolute), expected.shape)
-    # Where an intermediate of the profile's arithmetic may overflow its dtype in some order of
-    # operations, an observed NaN or +-inf conforms as well as the exact value does.
-    nonfinite_ok = np.broadcast_to(np.asarray(bound.nonfinite, bool), expected.shape) & ~o_fin
-    # The exact value rounded into the dtype the quantity is returned in is +-inf from the
-    # overflow threshold on (IEEE 754, round to nearest): an observed +-inf of the expected sign
-    # conforms where the exact value, within its bound, reaches it.
-    with np.errstate(invalid="ignore", over="ignore"):
-        overflows = (e_fin & np.isinf(observed) & (np.sign(observed) == np.sign(expected))
-                     & (np.abs(expected) + allowed >= overflow_threshold(bound.dtype or bound.unit)))
-    excused = unconstrained | nonfinite_ok | overflows
-    kind_bad = ~excused & ((e_fin != o_fin) | (~e_fin & ~o_fin & ~(
-        (np.isnan(expected) & np.isnan(observed)) | (expected == observed))))
+    unconstrained = np.broadcast_to(absolute == np.inf, expected.shape)
+    kind_bad = np.zeros(expected.shape, bool)
+    if not (e_fin.all() and o_fin.all()):
+        # Where an intermediate of the profile's arithmetic may overflow its dtype in some order
+        # of operations, an observed NaN or +-inf conforms as well as the exact value does.
+        nonfinite_ok = np.broadcast_to(np.asarray(bound.nonfinite, bool), expected.shape) & ~o_fin
+        # The exact value rounded into the dtype the quantity is returned in is +-inf from the
+        # overflow threshold on (IEEE 754, round to nearest): an observed +-inf of the expected
+        # sign conforms where the exact value, within its bound, reaches it.
+        with np.errstate(invalid="ignore", over="ignore"):
+            overflows = (e_fin & np.isinf(observed) & (np.sign(observed) == np.sign(expected))
+                         & (np.abs(expected) + allowed >= overflow_threshold(bound.dtype or bound.unit)))
+        excused = unconstrained | nonfinite_ok | overflows
+        kind_bad = ~excused & ((e_fin != o_fin) | (~e_fin & ~o_fin & ~(
+            (np.isnan(expected) & np.isnan(observed)) | (expected == observed))))
     if kind_bad.any():
         idx = np.unravel_index(int(np.argmax(kind_bad)), expected.shape)
         return Check(step, q, False, math.inf, 0.0, bound.unit, [int(i) for i in idx],
