@@ -114,7 +114,7 @@ def small_batch_estimator(rng: np.random.Generator, i: int) -> Case:
 def eps_small(rng: np.random.Generator, i: int) -> Case:
     # eps below TF's fused floor (1.001e-5) on data whose variance is comparable to it.
     shape = _shape(rng, _rank("eps_small", i))
-    eps = float(rng.choice([0.0, 1e-7, 1e-6]))
+    eps = (1e-7, 0.0, 1e-6)[i % 3]  # eps_small[1] is the eps=0 case (the registry counts on it)
     x = _batch(rng, shape, 0.0, 3e-3)
     return make_case([x, _batch(rng, shape, 0.0, 3e-3)], modes=["train", "eval"], eps=eps,
                      momentum=0.1, dtype="float64",
