@@ -90,10 +90,8 @@ def _array_src(a: np.ndarray) -> str:
 
 def _x_src(case: Case, var: str = "x") -> str:
     if case.layout == "channels_last" and case.rank > 2:
-        return (
-            f"torch.tensor(np.moveaxis({var}, 1, -1).copy(), dtype=torch.{case.dtype})"
-            ".movedim(-1, 1)  # channels-last strides"
-        )
+        # channels-last strides; no comment inside the expression, which callers extend
+        return f"torch.tensor(np.moveaxis({var}, 1, -1).copy(), dtype=torch.{case.dtype}).movedim(-1, 1)"
     return f"torch.tensor({var}, dtype=torch.{case.dtype})"
 
 

@@ -158,6 +158,7 @@ def test_module_snippet_runs_as_a_standalone_program() -> None:
     with contextlib.redirect_stdout(out):
         exec(compile(TORCH_MODULE.snippet(case), "<snippet>", "exec"), {})
     assert "running" in out.getvalue() and "dx" in out.getvalue()
+    assert "dx None" not in out.getvalue()  # x is a leaf that requires grad, channels-last strides too
 
 
 # -- torch.nn.functional.batch_norm --
