@@ -118,6 +118,8 @@ class Worker:
             raise self.failed
         if self.proc is not None and self.proc.poll() is None:
             return
+        if self._stderr.closed:  # closed by close(): a worker may be started again
+            self._stderr = tempfile.TemporaryFile()
         env = {**os.environ, **DEFAULT_ENV, **self.adapter.worker_env}
         python = self.adapter.python or sys.executable
         t0 = time.monotonic()
@@ -148,7 +150,8 @@ class Worker:
                 self.proc.wait(timeout=5)
             except Exception:
                 self._kill()
-        self.proc = None
+        self._release()
+        self._stderr.close()
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -157,9 +160,22 @@ class Worker:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+        self._release()
+
+    def _release(self) -> None:
+        """Forget a finished worker, closing our ends of its pipes (no ResourceWarning)."""
+        if self.proc is not None:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass
         self.proc = None
 
     def stderr_tail(self, limit: int = 2000) -> str:
+        if self._stderr.closed:
+            return ""
         self._stderr.seek(0, os.SEEK_END)
         size = self._stderr.tell()
         self._stderr.seek(max(0, size - limit))
@@ -215,7 +231,7 @@ class Worker:
             raise AdapterFailure("timeout", f"no answer within {timeout:g} s; worker restarted") from None
         except (EOFError, BrokenPipeError, ConnectionResetError):
             code = self.proc.wait() if self.proc is not None else None
-            self.proc = None
+            self._release()
             self.restarts += 1
             tail = self.stderr_tail(400).replace("\n", " | ")
             raise AdapterFailure("crash", f"worker exited with code {code}: {tail}") from None
