@@ -90,8 +90,10 @@ def candidate(case: Case, base: Semantics, flip: dict[str, Any],
     held = case.replace(**changes) if changes else case
     if flip.get("initial_state") == _WARMED:
         first = held.replace(steps=(Step("train", held.steps[0].x),))
+        # the extra step is the source layer's own (a tracing exporter runs the source module):
+        # it follows ``base``, whatever the artifact does afterwards
         with np.errstate(all="ignore"):
-            after = reference(first, sem, passed_as=passed_as or base.momentum_weights).steps[0]
+            after = reference(first, base, passed_as=passed_as or base.momentum_weights).steps[0]
         if after.running_mean is None or after.running_var is None:
             raise BnspecError("no running statistics to warm")
         held = held.replace(running_mean=np.asarray(after.running_mean, np.float64),
