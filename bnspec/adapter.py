@@ -17,8 +17,8 @@ from importlib import metadata
 
 from bnspec.case import Case, ConversionChecks, Result
 from bnspec.errors import UnsupportedFeature
+from bnspec.plan import counter_matters
 from bnspec.profiles import Profile, resolve
-from bnspec.semantics import Semantics
 
 
 @dataclass(frozen=True)
@@ -110,18 +110,12 @@ class Adapter:
             raise UnsupportedFeature("affine=False")
         if not case.track_running_stats and not cap.untracked:
             raise UnsupportedFeature("track_running_stats=False")
-        if case.counter and not cap.counter and counts_updates(case, self.declared_profile().semantics):
+        if case.counter and not cap.counter and counter_matters(case, self.declared_profile().semantics):
             raise UnsupportedFeature(f"an update counter of {case.counter} before the first step")
         if any(s.mode == "eval" for s in case.steps) and not cap.eval_steps:
             raise UnsupportedFeature("eval steps")
         if any(s.mode == "train" for s in case.steps) and not cap.train_steps:
             raise UnsupportedFeature("train steps")
-
-
-def counts_updates(case: Case, sem: Semantics) -> bool:
-    """Does the update counter change what ``sem`` does with ``case``: the cumulative average
-    (momentum=None), an EMA debias, or a first update that replaces?"""
-    return case.momentum is None or sem.ema_debias or sem.first_update == "replace"
 
 
 @functools.cache

@@ -153,6 +153,19 @@ def _plan(case: Case, sem: Semantics, passed_as: MomentumWeights) -> Plan:
     return Plan(tuple(steps), eps, sem.eps_placement, track, dtypes_of(sem, case), passed_as)
 
 
+def counter_matters(case: Case, sem: Semantics) -> bool:
+    """Does the case's update counter change what ``sem`` does with it: some step's EMA weight
+    or debias differs from a fresh layer's (momentum=None's cumulative weight, a debiased EMA, a
+    first update that replaces)? An adapter that cannot set the counter cannot express such a case."""
+    if not case.counter:
+        return False
+    try:
+        counted, fresh = make_plan(case, sem), make_plan(case.replace(counter=0), sem)
+    except (SingleValueError, UnsupportedFeature):
+        return False
+    return any((a.weight, a.debias) != (b.weight, b.debias) for a, b in zip(counted.steps, fresh.steps, strict=True))
+
+
 def batch_weight(momentum: float | None, sem: Semantics, passed_as: str, updates: int,
                  counter: int = 0) -> Fraction:
     """The exact weight of the batch statistic in update number ``updates`` of a layer whose
