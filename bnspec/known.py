@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import struct
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -165,12 +166,25 @@ def _accounts(terms: frozenset[str], alternative: tuple[Any, ...]) -> bool:
     """Does this alternative flip exactly the knobs ``terms`` name (with the values they give)?"""
     if {t.split("=", 1)[0] for t in terms} != {f.knob for f in alternative}:
         return False
-    observed = {f.knob: f.observed for f in alternative}
-    return all("=" not in t or _value_text(observed[t.split("=", 1)[0]]) == t.split("=", 1)[1] for t in terms)
+    flips = {f.knob: f for f in alternative}
+    return all("=" not in t or _value_matches(flips[t.split("=", 1)[0]], t.split("=", 1)[1]) for t in terms)
 
 
-def _value_text(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else str(v)
+def _value_matches(flip: Any, text: str) -> bool:
+    """``knob=value``; for the readings eps and momentum, ``=float32`` is the case's own value
+    rounded to float32 (momentum in either convention), whatever that value is."""
+    if text == "float32" and flip.knob in ("eps", "momentum"):
+        d = flip.declared
+        if not isinstance(d, float):
+            return False
+        rounded = {_f32(d), 1.0 - _f32(1.0 - d)} - {d}
+        return flip.observed in rounded
+    v = flip.observed
+    return (str(v).lower() if isinstance(v, bool) else str(v)) == text
+
+
+def _f32(v: float) -> float:
+    return float(struct.unpack("f", struct.pack("f", v))[0])
 
 
 def find(registry: list[KnownDivergence], adapter: str, prop: str, status: Status, detail: str,

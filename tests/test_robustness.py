@@ -274,3 +274,15 @@ def test_a_wrong_value_is_never_known_by_its_message_alone():
     assert entry.matches("a", "p", Status.MISMATCH, "raised ValueError: eps; the profile defines a result",
                          Explanation())
     assert entry.matches("a", "p", Status.FAILURE, "crash: MISMATCH", Explanation()) is False  # kind fail only
+
+
+def test_a_float32_reading_term_matches_the_rounding_and_not_another_value():
+    from bnspec.known import KnownDivergence
+    from bnspec.records import Explanation, Status
+
+    entry = KnownDivergence(id="x", adapter=("*",), properties=(), reason="r", link="l",
+                            explanations=(frozenset({"momentum=float32"}),))
+    rounded = Explanation.of([{"momentum": (1.0 - 0.9900000095367432, 0.01)}])  # 0.99 held as float32
+    substituted = Explanation.of([{"momentum": (0.1, 0.01)}])  # a default in its place: another divergence
+    assert entry.matches("a", "p", Status.MISMATCH, "", rounded)
+    assert not entry.matches("a", "p", Status.MISMATCH, "", substituted)
