@@ -23,6 +23,9 @@ setup: $(STAMP) $(CONV_ENVS)
 envs/%/.venv/.bnspec-setup: $$(wildcard envs/$$*/requirements*.txt envs/$$*/python-version) envs/create.sh
 	sh envs/create.sh $* $(PYTHON)
 
+# envs/nobuco starts as hard links to envs/torchvision (envs/nobuco/seed): the same torch build.
+envs/nobuco/.venv/.bnspec-setup: | envs/torchvision/.venv/.bnspec-setup
+
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU wheel: nothing later may pull a CUDA build.
@@ -31,6 +34,8 @@ $(STAMP): pyproject.toml Makefile
 	# tf-keras (Keras 2) declares the full `tensorflow` wheel; tensorflow-cpu provides it.
 	$(PIP) --no-deps tf-keras==2.21.0
 	$(PY) -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
+	# files identical to a converter environment's become hard links (envs/dedupe.py says why)
+	$(PYTHON) envs/dedupe.py $(VENV) $(UNIT_VENV) $(wildcard envs/*/.venv)
 	touch $(STAMP)
 
 # Chromium first: a missing browser is one line in a second, not a failure after the set-up.
