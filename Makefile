@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 3
 # by envs/create.sh from envs/NAME/requirements.txt, constrained by the measured lock file.
 CONV_ENVS := $(foreach e,torchvision jax2onnx tf2onnx nobuco onnx2tf,envs/$(e)/.venv/.bnspec-setup)
 
-.PHONY: setup test unit chromium check-report lint mypy report clean
+.PHONY: setup test unit chromium check-report lint mypy report clean lock
 
 setup: $(STAMP) $(CONV_ENVS)
 
@@ -26,11 +26,14 @@ envs/%/.venv/.bnspec-setup: $$(wildcard envs/$$*/requirements*.txt envs/$$*/pyth
 # envs/nobuco starts as hard links to envs/torchvision (envs/nobuco/seed): the same torch build.
 envs/nobuco/.venv/.bnspec-setup: | envs/torchvision/.venv/.bnspec-setup
 
-$(STAMP): pyproject.toml Makefile
+LOCK := requirements.lock.txt
+
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU wheel: nothing later may pull a CUDA build.
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[all,dev]'
+	$(PIP) torch==2.13.0 -c $(LOCK)
+	# pyproject.toml states ranges; the lock pins every version the committed reports came from
+	$(PIP) -e '.[all,dev]' -c $(LOCK)
 	# tf-keras (Keras 2) declares the full `tensorflow` wheel; tensorflow-cpu provides it.
 	$(PIP) --no-deps tf-keras==2.21.0
 	$(PY) -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
@@ -52,9 +55,9 @@ UNIT_STAMP := $(UNIT_VENV)/.bnspec-setup
 UNIT_TIER := not framework and not converter and not browser
 NO_FRAMEWORK := torch tensorflow keras jax flax haiku equinox onnx onnxruntime
 
-$(UNIT_STAMP): pyproject.toml Makefile
+$(UNIT_STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(UNIT_PY) || $(PYTHON) -m venv $(UNIT_VENV)
-	$(UNIT_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 'setuptools>=70.1'
+	$(UNIT_PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' 'setuptools>=70.1' -c $(LOCK)
 	$(UNIT_PY) -c "import importlib.util as u, sys; found = [m for m in sys.argv[1:] if u.find_spec(m)]; \
 	  sys.exit(f'$(UNIT_VENV) holds frameworks: {found}') if found else None" $(NO_FRAMEWORK)
 	touch $(UNIT_STAMP)
@@ -109,6 +112,12 @@ report: setup
 	# in reports/, not a failure of the report itself.
 	$(PY) -m bnspec run --examples 2 --jobs 2 --out reports; test $$? -le 1
 	$(PY) -m bnspec.reports README.md reports/summary.json
+
+# Rewrite the lock from the environment as it is (after changing a pin in pyproject.toml and
+# checking the reports): every distribution but bnspec itself.
+lock: $(STAMP)
+	{ sed -n '1,3p' $(LOCK); $(PY) -m pip freeze --exclude-editable | grep -v '^bnspec'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 clean:
 	rm -rf $(VENV) $(UNIT_VENV) envs/*/.venv
