@@ -90,6 +90,49 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _children(pid: int) -> list[int]:
+    """The direct children of a process (Linux /proc: each thread's ``children`` list, else a scan
+    of every process's parent)."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    try:
+        for tid in tasks:
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                kids.extend(int(k) for k in fh.read().split())
+        return kids
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN
+        pass
+    except OSError:
+        return kids
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return kids
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants in MiB: a worker's warm helper
+    processes (a converter path's export or conversion in another environment) count as the
+    worker's own."""
+    total, seen, todo = 0.0, set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += rss_mb(p)
+        todo.extend(_children(p))
+    return total
+
+
 class _OverMemory(Exception):
     pass
 
@@ -184,7 +227,7 @@ class Worker:
     def _watch(self) -> None:
         if self.proc is None:
             return
-        used = rss_mb(self.proc.pid)
+        used = tree_rss_mb(self.proc.pid)
         self.peak_rss_mb = max(self.peak_rss_mb, used)
         if self.memory_limit_mb is not None and used > self.memory_limit_mb:
             raise _OverMemory

@@ -51,6 +51,28 @@ def test_a_worker_leaking_past_the_memory_limit_is_stopped_and_the_next_case_run
         w.close()
 
 
+def test_memory_held_by_a_workers_helper_process_counts_and_the_helper_dies_with_it(tmp_path, monkeypatch):
+    pid_file = tmp_path / "helper.pid"
+    monkeypatch.setenv("BNSPEC_TEST_HELPER_PID", str(pid_file))
+    w = Worker(load_adapter_ref(f"{FIX}:LEAK_IN_HELPER"), memory_limit_mb=600)
+    case = make_case(np.arange(6.0).reshape(3, 2))
+    try:
+        with pytest.raises(AdapterFailure) as info:
+            w.run(case, timeout=60)
+        assert info.value.kind == "memory", info.value
+        assert 600 < w.peak_rss_mb < 2000
+        helper = int(pid_file.read_text())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{helper}").exists() \
+                and "Z" not in Path(f"/proc/{helper}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+            time.sleep(0.05)
+        alive = Path(f"/proc/{helper}").exists() and \
+            "Z" not in Path(f"/proc/{helper}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert not alive, "the helper outlived its worker"
+    finally:
+        w.close()
+
+
 def test_each_fault_costs_only_its_own_cells_and_is_reported_as_what_it_is(tmp_path):
     out = tmp_path / "o"
     proc = bnspec("run", "--adapters", "reference", "--properties", "train_output,eval_output",
