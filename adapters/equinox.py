@@ -34,7 +34,10 @@ def _capabilities(mode: str) -> Capabilities:
         affine_off=True,
         untracked=False,
         initial_running=True,
-        counter=mode == "batch",
+        # mode='batch' counts its updates (batch_counter); mode='ema' keeps one bit of that
+        # count, ema_first_time_index (True until the first update): a loaded counter k > 0 is
+        # first_time=False.
+        counter=True,
         notes="runs with JAX_ENABLE_X64=1 (float64 cases); running statistics and weights use "
         "BatchNorm(dtype=param_dtype). An input dtype that differs from it raises in the "
         "framework: mode='ema' always (lax.select of mixed dtypes), mode='batch' when the input "
@@ -108,6 +111,9 @@ class EquinoxAdapter(Adapter):
         initial = (jnp.asarray(case.running_mean, pdt), jnp.asarray(case.running_var, pdt))
         if self.mode == "ema":
             state = state.set(bn.ema_state_index, initial)
+            # equinox/nn/_batch_norm.py::BatchNorm.__init__: ema_first_time_index starts True;
+            # the first training update copies the batch statistics (lax.select(first_time, ...))
+            state = state.set(bn.ema_first_time_index, jnp.array(case.counter == 0))
         else:
             state = state.set(bn.batch_state_index, initial)
             counter = state.get(bn.batch_counter)
@@ -179,6 +185,10 @@ class EquinoxAdapter(Adapter):
             "state = eqx.nn.State(bn)",
             f"state = state.set(bn.{index}, (jnp.asarray({case.running_mean.tolist()!r}, pdt), "
             f"jnp.asarray({case.running_var.tolist()!r}, pdt)))",
+            *([] if not case.counter else
+              [f"state = state.set(bn.ema_first_time_index, jnp.array({case.counter == 0}))"]
+              if self.mode == "ema" else
+              [f"state = state.set(bn.batch_counter, jnp.array({case.counter}))"]),
             "step = eqx.filter_jit(lambda bn, st, x, inference: jax.vmap(",
             "    lambda xi, s: bn(xi, s, inference=inference), axis_name='batch',",
             "    in_axes=(0, None), out_axes=(0, None))(x, st))",

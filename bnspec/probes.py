@@ -134,6 +134,29 @@ def _half_precision(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> C
                  running_mean=np.full(4, loc), running_var=np.full(4, 4.0))
 
 
+def _half_large(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # 4096 values per channel near 24 on the input dtype's grid: their sum (~98,000) is past
+    # float16's largest finite value (65,504), so reductions accumulated in float16 overflow
+    # (inf statistics, NaN output) where a float32 accumulator is exact to ~1e-7. The small
+    # half_precision probe cannot show the accumulation dtype; this one can.
+    grid = 2.0**-5 if dt == "float16" else 2.0**-3
+    x = 24.0 + np.round(_batch(rng, 4096, 2, 0.0, 1.0) / grid) * grid
+    return _case([x], rank, dt, pdt, "half_large", momentum=0.5,
+                 running_mean=np.full(2, 24.0), running_var=np.full(2, 1.0))
+
+
+def _ema_counter(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # ema_trajectory from a layer that has already counted 2 updates (torch's
+    # num_batches_tracked, an EMA's step count): a debias reads 1 - decay^(2 + t), a first-update
+    # copy does not happen, a cumulative average weighs 1/(2 + t). An implementation that
+    # ignores the loaded counter shows here and not on a fresh layer. Momentum 1/2 is its own
+    # mirror image, so the debias of a loaded state (3/4) is as visible in either convention.
+    case = _ema_trajectory(rng, dt, pdt, rank)
+    return _case([s.x.reshape(s.x.shape[:2]) for s in case.steps], rank, dt, pdt, "ema_counter",
+                 modes=["train", "train", "eval"], running_mean=case.running_mean,
+                 running_var=case.running_var, momentum=0.5, counter=2)
+
+
 def _float64_compute(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
     return _case([_batch(rng, 8, 4, 10.0, 1.0), _batch(rng, 8, 4, 10.0, 1.0)], rank, dt, pdt,
                  "float64_compute", modes=["train", "eval"])
@@ -184,6 +207,10 @@ PROBES: dict[str, Probe] = {p.name: p for p in [
           variants=(("float32", "float32"), ("float64", "float64"))),
     Probe("half_precision", "float16 batch whose mean is off the float16 grid: reductions and "
           "normalization in float16 or float32", _half_precision, variants=_HALF),
+    Probe("half_large", "4096 float16 values per channel near 24: a float16 accumulator overflows "
+          "(sum ~98,000 > 65,504), a float32 one is exact", _half_large, variants=_HALF[:2]),
+    Probe("ema_counter", "ema_trajectory from a loaded update counter of 2 (momentum 1/2): debias, "
+          "first update and a cumulative weight count from it", _ema_counter),
     Probe("float64_compute", "float64 batch: reductions in float64 or in float32",
           _float64_compute, variants=(("float64", "float64"),)),
     Probe("affine_form", "eval on constant float32 channels equal to a running mean of 3e4: "
@@ -223,7 +250,7 @@ _DTYPE_PROBES = ("mixed_params", "half_precision", "float64_compute")
 DECISIONS: tuple[Decision, ...] = (
     Decision(("running_update", "momentum_weights", "first_update", "ema_debias",
               "running_var_update"),
-             (("ema_trajectory", RUNNING, None),)),
+             (("ema_trajectory", RUNNING, None), ("ema_counter", RUNNING, None))),
     Decision(("train_stats", "normalize_var", "eps_placement", "eps_floor"),
              (("eps_placement", _Y, None), ("normalize_var", _Y, None), ("eps_floor", _Y, None),
               ("train_stats", _Y, None))),
@@ -233,7 +260,7 @@ DECISIONS: tuple[Decision, ...] = (
     Decision(("variance_algorithm",), (("large_offset", _Y + RUNNING + ("batch_var",), (0,)),),
              numerics=True, tie_break=negative_variance),
     Decision(("compute_dtype", "normalize_dtype"),
-             (("half_precision", _Y + RUNNING, None),
+             (("half_precision", _Y + RUNNING, None), ("half_large", _Y + RUNNING, None),
               ("float64_compute", _Y + RUNNING, None)), numerics=True),
     # Both forms agree within the tolerance: the constant channels' exactness decides.
     Decision(("affine_form",), (("affine_form", _Y, None),), numerics=True,

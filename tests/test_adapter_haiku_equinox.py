@@ -156,6 +156,19 @@ def test_equinox_ema_mode_first_training_step_replaces_the_running_stats() -> No
     _pins(EQX_EMA, _case(modes=("train", "eval")), "first_update", "ema")
 
 
+def test_equinox_ema_mode_with_a_loaded_counter_blends_its_first_step() -> None:
+    # ema_first_time_index is the one bit of the counter mode='ema' keeps: a layer that has
+    # updated before (counter > 0) blends its next training step like any other.
+    case = _case(modes=("train", "eval"), counter=3)
+    observed = assert_conforms(EQX_EMA, case)
+    fresh = run(EQX_EMA, _case(modes=("train", "eval")))
+    batch_mean = case.steps[0].x.mean(axis=(0, 2))
+    np.testing.assert_allclose(fresh.steps[0].running_mean, batch_mean, rtol=1e-12)  # replaced
+    m = float(case.momentum)  # type: ignore[arg-type]
+    np.testing.assert_allclose(observed.steps[0].running_mean, (1 - m) * case.running_mean + m * batch_mean,
+                               rtol=1e-12)  # blended
+
+
 def test_equinox_batch_mode_debiases_running_stats_including_the_initial_ones() -> None:
     # equinox#1010: the hidden variance starts at 1 and is divided by 1 - momentum^t too.
     _pins(EQX_BATCH, _case(grads=False), "ema_debias", False)

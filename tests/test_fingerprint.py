@@ -283,7 +283,16 @@ class Expected:
 
 
 # flax.linen's float64 batch_stats disagreed here until state_dtype="promote_float32" stated them.
-EXPECTED_DIFFERENCES: dict[tuple[str, str], Expected] = {}
+_NP_VAR = ("onnx/reference/ops/op_batch_normalization.py::_batchnorm_training_mode takes "
+           "x.mean() (NumPy accumulates float16 in float32: 24.0) and x.var(), whose own mean is "
+           "a float16 sum (numpy/_core/_methods.py::_var, umr_sum with dtype None): 4096 values "
+           "near 24 overflow it to inf, so the variance is inf and y = (x - mean)/sqrt(inf) = 0. "
+           "One reduction in float16 and one in float32: no compute_dtype value says that "
+           "(the committed report's onnx_reference_15 half_precision cell, unexplained, is the same)")
+EXPECTED_DIFFERENCES: dict[tuple[str, str], Expected] = {
+    (name, knob): Expected("none of", "half_large", "observed 0.0", _NP_VAR)
+    for name in ("onnx_reference_14", "onnx_reference_15") for knob in ("compute_dtype", "normalize_dtype")
+}
 
 def _framework_adapters() -> list[str]:
     """The entry points of the framework adapters: not the reference, not the conversion paths
