@@ -48,7 +48,7 @@ _NOTES = (
 @dataclass
 class NobucoAdapter(ConverterAdapter):
     capabilities: Capabilities = field(default_factory=lambda: capabilities(
-        dtypes=("float32",), notes=_NOTES))
+        dtypes=("float32",), counter=True, notes=_NOTES))
     worker_env: dict[str, str] = field(default_factory=lambda: dict(_ENV))
 
     runner_family: str = "nobuco"

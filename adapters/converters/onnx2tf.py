@@ -61,7 +61,7 @@ def torch_python() -> str:
 
 @dataclass
 class Onnx2TfAdapter(ConverterAdapter):
-    capabilities: Capabilities = field(default_factory=lambda: capabilities(notes=_NOTES))
+    capabilities: Capabilities = field(default_factory=lambda: capabilities(counter=True, notes=_NOTES))
 
     def installed(self) -> bool:
         return super().installed() and Path(torch_python()).exists()

@@ -39,7 +39,7 @@ _NOTES = (
 @dataclass
 class Onnx2TorchAdapter(ConverterAdapter):
     opset: int | None = None  # None: the exporter's default
-    capabilities: Capabilities = field(default_factory=lambda: capabilities(notes=_NOTES))
+    capabilities: Capabilities = field(default_factory=lambda: capabilities(counter=True, notes=_NOTES))
 
     def setup(self) -> None:
         import onnx  # noqa: F401

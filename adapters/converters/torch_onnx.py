@@ -46,7 +46,7 @@ _NOTES = (
 class TorchOnnxAdapter(ConverterAdapter):
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     training_artifact: bool = False  # train steps on a training-mode export
-    capabilities: Capabilities = field(default_factory=lambda: capabilities(notes=_NOTES))
+    capabilities: Capabilities = field(default_factory=lambda: capabilities(counter=True, notes=_NOTES))
 
     def setup(self) -> None:
         import onnx  # noqa: F401
