@@ -11,19 +11,22 @@ export TF_NUM_INTRAOP_THREADS ?= 1
 export TF_NUM_INTEROP_THREADS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-# Converter families whose pins fight the main environment get their own (envs/NAME/.venv), made
-# by envs/create.sh from envs/NAME/requirements.txt, constrained by the measured lock file.
-CONV_ENVS := $(foreach e,torchvision jax2onnx tf2onnx nobuco onnx2tf,envs/$(e)/.venv/.bnspec-setup)
+# Converter families whose pins fight the main environment get their own (envs/NAME/.venv), made by
+# `bnspec envs create NAME` (bnspec/envs.py) from the spec the package ships, bnspec/envspecs/NAME/
+# (requirements.txt, constrained by the measured lock file). BNSPEC_ENVS=envs: here, not the user
+# data folder. A family whose spec is unchanged is skipped in a second.
+CONV_FAMILIES := torchvision jax2onnx tf2onnx nobuco onnx2tf
+CONV_ENVS := $(foreach e,$(CONV_FAMILIES),envs/$(e)/.venv/.bnspec-setup)
 
 .PHONY: setup test unit chromium check-report lint mypy report clean lock
 
 setup: $(STAMP) $(CONV_ENVS)
 
 .SECONDEXPANSION:
-envs/%/.venv/.bnspec-setup: $$(wildcard envs/$$*/requirements*.txt envs/$$*/python-version) envs/create.sh
-	sh envs/create.sh $* $(PYTHON)
+envs/%/.venv/.bnspec-setup: $$(wildcard bnspec/envspecs/$$*/*) bnspec/envs.py | $(STAMP)
+	BNSPEC_ENVS=envs $(PY) -m bnspec.envs create $*
 
-# envs/nobuco starts as hard links to envs/torchvision (envs/nobuco/seed): the same torch build.
+# envs/nobuco starts as hard links to envs/torchvision (bnspec/envspecs/nobuco/seed): the same torch build.
 envs/nobuco/.venv/.bnspec-setup: | envs/torchvision/.venv/.bnspec-setup
 
 LOCK := requirements.lock.txt
@@ -37,8 +40,8 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	# tf-keras (Keras 2) declares the full `tensorflow` wheel; tensorflow-cpu provides it.
 	$(PIP) --no-deps tf-keras==2.21.0
 	$(PY) -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
-	# files identical to a converter environment's become hard links (envs/dedupe.py says why)
-	$(PYTHON) envs/dedupe.py $(VENV) $(UNIT_VENV) $(wildcard envs/*/.venv)
+	# files identical to a converter environment's become hard links (bnspec.envs.dedupe says why)
+	$(PY) -m bnspec.envs dedupe $(VENV) $(UNIT_VENV) $(wildcard envs/*/.venv)
 	touch $(STAMP)
 
 # Chromium first: a missing browser is one line in a second, not a failure after the set-up.
@@ -120,4 +123,4 @@ lock: $(STAMP)
 	mv $(LOCK).new $(LOCK)
 
 clean:
-	rm -rf $(VENV) $(UNIT_VENV) envs/*/.venv
+	rm -rf $(VENV) $(UNIT_VENV) $(foreach e,$(CONV_FAMILIES),envs/$(e))

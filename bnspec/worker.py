@@ -163,7 +163,9 @@ class Worker:
             return
         if self._stderr.closed:  # closed by close(): a worker may be started again
             self._stderr = tempfile.TemporaryFile()
-        env = {**os.environ, **DEFAULT_ENV, **self.adapter.worker_env}
+        # BNSPEC_CALLER_PYTHON: the interpreter running bnspec, for a worker in another environment
+        # that runs part of its path in the caller's (torch -> ONNX -> onnx2tf exports with torch)
+        env = {**os.environ, **DEFAULT_ENV, "BNSPEC_CALLER_PYTHON": sys.executable, **self.adapter.worker_env}
         python = self.adapter.python or sys.executable
         t0 = time.monotonic()
         self.proc = subprocess.Popen(

@@ -38,10 +38,12 @@ def _needs(*modules: str) -> pytest.MarkDecorator:
 
 
 def _needs_env(ref: str) -> pytest.MarkDecorator:
+    from bnspec.envs import missing_hint
+
     adapter = load_adapter_ref(ref)
     return pytest.mark.skipif(not adapter.installed(),
                               reason=f"{adapter.name}: environment {adapter.python} not created "
-                              f"(sh envs/create.sh {getattr(adapter, 'family', '?')})")
+                              f"({missing_hint(adapter) or 'bnspec envs create'})")
 
 
 def _case(seed: int = 0, modes: tuple[str, ...] = ("train", "train", "eval"),

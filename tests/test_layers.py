@@ -26,17 +26,19 @@ LAYERS: dict[str, int] = {
     # 3. arithmetic on the plan; the case generators; discovery
     "bnspec.reference": 3, "bnspec.oracle": 3, "bnspec.bounds": 3, "bnspec.tolerance": 3,
     "bnspec.properties": 3, "bnspec.discovery": 3, "bnspec.probes": 3, "bnspec.accuracy": 3,
-    # 4. judging and explanation; workers; the known-divergence registry; diff
+    # 4. judging and explanation; workers; the known-divergence registry; the result cache; diff
     "bnspec.judging": 4, "bnspec.attribution": 4, "bnspec.worker": 4, "bnspec.observe": 4,
-    "bnspec.known": 4, "bnspec.porting": 4,
+    "bnspec.known": 4, "bnspec.porting": 4, "bnspec.cache": 4,
     # 5. the engine, fingerprints, shrinking
     "bnspec.engine": 5, "bnspec.summary": 5, "bnspec.running": 5, "bnspec.fingerprint": 5,
     "bnspec.shrink": 5,
     # 6. reports, the CLI and the pytest plugin (and the package's re-exports)
     "bnspec": 6, "bnspec.reports": 6, "bnspec.merge": 6, "bnspec.repro": 6, "bnspec.cli": 6,
-    "bnspec.__main__": 6, "bnspec.conformance": 6,
+    "bnspec.__main__": 6, "bnspec.conformance": 6, "bnspec.envs": 6,
     # 7. the implementations: nothing in bnspec imports an adapter (discovery loads them by name)
     "bnspec.adapters": 7,
+    # the converter environments' check scripts (package data, run in those environments) import them
+    "bnspec.envspecs": 7,
 }
 # what a module of the package root re-exports is imported from where it is defined
 PACKAGE_NAMES_FROM = {"__version__": "bnspec.errors"}
@@ -54,7 +56,7 @@ def _modules() -> dict[str, Path]:
 
 
 # packages whose modules all share the package's layer (anything else needs its own entry)
-WHOLE_PACKAGES = ("bnspec.profiles", "bnspec.adapters", "bnspec.conformance")
+WHOLE_PACKAGES = ("bnspec.profiles", "bnspec.adapters", "bnspec.conformance", "bnspec.envspecs")
 
 
 def layer_of(module: str) -> int | None:

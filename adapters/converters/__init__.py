@@ -19,6 +19,6 @@ from the artifact and what it checked about the conversion itself:
 What else a path observed (versions, exporters, a converter's own error) stays in ``Result.meta``.
 
 Paths whose converter pins fight the main environment run in their own interpreter,
-``envs/<family>/.venv`` (created by ``sh envs/create.sh <family>``); ``installed()`` is False
-until it exists.
+``<root>/<family>/.venv`` (``bnspec envs create <family>``; bnspec.envs.envs_root() is the root);
+``installed()`` is False until it exists.
 """

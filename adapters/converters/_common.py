@@ -3,7 +3,6 @@ step-plan runner that carries the running statistics through an ONNX graph on ON
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +14,17 @@ from bnspec.adapter import Adapter, Capabilities
 from bnspec.case import Case, ConversionChecks, StepResult
 from bnspec.errors import UnsupportedFeature
 
-# adapters/converters/_common.py -> the checkout; envs live beside the code (editable install).
-REPO = Path(__file__).resolve().parents[2]
 STATE_INPUTS = ("bnspec_running_mean", "bnspec_running_var")
 STATE_OUTPUTS = ("bnspec_new_running_mean", "bnspec_new_running_var")
 
 
 def env_python(family: str) -> str:
-    """The interpreter of converter family ``family``: ``<repo>/envs/<family>/.venv/bin/python``
-    (``BNSPEC_ENVS`` overrides the folder holding the families)."""
-    root = Path(os.environ.get("BNSPEC_ENVS", REPO / "envs"))
-    return str(root / family / ".venv" / "bin" / "python")
+    """The interpreter of converter family ``family``, ``<root>/<family>/.venv/bin/python``, where
+    bnspec.envs.envs_root() is the root (``BNSPEC_ENVS``; a checkout's ``envs/``; the user data
+    folder) and ``bnspec envs create <family>`` builds it."""
+    from bnspec.envs import env_python as python_of
+
+    return str(python_of(family))
 
 
 @dataclass

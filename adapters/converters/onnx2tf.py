@@ -30,6 +30,7 @@ fetch something shows up instead of hanging.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from bnspec.adapter import Capabilities, channels_first, channels_last
-from bnspec.adapters.converters._common import REPO, ConverterAdapter, capabilities, conversion_checks, read_batchnorm
+from bnspec.adapters.converters._common import ConverterAdapter, capabilities, conversion_checks, read_batchnorm
 from bnspec.case import Case, Result, StepResult
 from bnspec.errors import FrameworkError
 
@@ -55,8 +56,21 @@ _NOTES = (
 
 
 def torch_python() -> str:
-    """The interpreter that builds and exports the torch source: the main environment's."""
-    return os.environ.get("BNSPEC_TORCH_PYTHON", str(REPO / ".venv" / "bin" / "python"))
+    """The interpreter that builds and exports the torch source: the one running bnspec (the
+    worker is told it as BNSPEC_CALLER_PYTHON), or BNSPEC_TORCH_PYTHON."""
+    return (os.environ.get("BNSPEC_TORCH_PYTHON") or os.environ.get("BNSPEC_CALLER_PYTHON")
+            or sys.executable)
+
+
+def _torch_python_has_torch() -> bool:
+    python = torch_python()
+    if not Path(python).exists():
+        return False
+    if python == sys.executable:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+    return True
 
 
 @dataclass
@@ -64,7 +78,7 @@ class Onnx2TfAdapter(ConverterAdapter):
     capabilities: Capabilities = field(default_factory=lambda: capabilities(counter=True, notes=_NOTES))
 
     def installed(self) -> bool:
-        return super().installed() and Path(torch_python()).exists()
+        return super().installed() and _torch_python_has_torch()
 
     def setup(self) -> None:
         import logging
