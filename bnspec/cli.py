@@ -53,6 +53,7 @@ def list_cmd(as_json: bool, profiles_only: bool) -> None:
     import warnings
 
     from bnspec.discovery import discover
+    from bnspec.envs import missing_hint
     from bnspec.profiles import ProfileWarning
 
     with warnings.catch_warnings(record=True) as caught:
@@ -60,7 +61,8 @@ def list_cmd(as_json: bool, profiles_only: bool) -> None:
         adapters = discover()
         rows: list[dict[str, Any]] = [
             {"kind": "adapter", "name": name, "framework": a.framework, "version": a.framework_version(),
-             "installed": a.installed(), "declared_profile": _declared_name(a), "description": a.description}
+             "installed": a.installed(), "declared_profile": _declared_name(a), "description": a.description,
+             **({"hint": hint} if not a.installed() and (hint := missing_hint(a)) else {})}
             for name, a in adapters.items()]
         profiles = _profile_rows(adapters)
     for w in caught:  # one line each, not Python's two-line warning format
@@ -75,7 +77,8 @@ def list_cmd(as_json: bool, profiles_only: bool) -> None:
         width = max((len(r["name"]) for r in rows), default=4)
         for r in rows:
             version = r["version"] or "not installed"
-            click.echo(f"{r['name']:<{width}}  {r['framework']:<12} {version:<14} {r['declared_profile']}")
+            hint = f"  ({r['hint']})" if "hint" in r else ""
+            click.echo(f"{r['name']:<{width}}  {r['framework']:<12} {version:<14} {r['declared_profile']}{hint}")
         click.echo("")
     click.echo("profiles:")
     width = max((len(r["name"]) for r in profiles), default=4)
@@ -132,13 +135,19 @@ def _profile_rows(adapters: dict[str, Any]) -> list[dict[str, Any]]:
 @click.option("--shrink/--no-shrink", default=True, show_default=True,
               help="Shrink each failure to a minimal case with Hypothesis.")
 @click.option("--out", default="bnspec-out", show_default=True, type=click.Path(path_type=Path))
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Neither read nor write the result cache ($BNSPEC_CACHE_DIR, else the user cache "
+                   "directory): compute every case.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
               help="Complete the interrupted run in this directory (its options are read from it).")
 @click.pass_context
 def run(ctx: click.Context, adapters: str | None, adapter_paths: tuple[str, ...], baseline: str,
         properties: str | None, examples: int, seed: int, jobs: int, timeout: float, memory_limit: int,
-        known_path: Path | None, shrink: bool, out: Path, resume_dir: Path | None) -> None:
-    """Run the conformance properties; write results.jsonl, summary.json, report.md, report.html, junit.xml."""
+        known_path: Path | None, shrink: bool, out: Path, no_cache: bool, resume_dir: Path | None) -> None:
+    """Run the conformance properties; write results.jsonl, summary.json, report.md, report.html, junit.xml.
+
+    A case whose result the result cache holds, for this bnspec, adapter, environment and options,
+    is read from it (marked ↺ in the reports); --no-cache computes every case."""
     from bnspec.engine import RunOptions
     from bnspec.engine import run as engine_run
     from bnspec.known import load as load_known
@@ -180,16 +189,19 @@ def run(ctx: click.Context, adapters: str | None, adapter_paths: tuple[str, ...]
         a.declared_profile()
     known = [] if known_path is not None and str(known_path) == "none" else load_known(known_path)
     opts = RunOptions(properties=props, examples=examples, seed=seed, baseline=baseline, jobs=jobs,
-                      timeout=timeout, known=known, shrink=shrink, memory_limit_mb=memory_limit or None)
+                      timeout=timeout, known=known, shrink=shrink, memory_limit_mb=memory_limit or None,
+                      cache=not no_cache)
     with _Progress(chosen, opts) as progress:
         summary = engine_run(chosen, opts, out, progress=progress, resume=resume_dir is not None)
     write_all(summary, out)
     bad = [a["name"] for a in summary["adapters"] if not a["conforms"]]
     n_known = sum(len(a.get("known_divergences", [])) for a in summary["adapters"])
+    n_cached = sum(a.get("cached", 0) for a in summary["adapters"])
     click.echo(f"{len(summary['adapters'])} adapter(s), {len(bad)} not conforming"
                + (f": {', '.join(bad)}" if bad else "") + f"; {n_known} known divergence(s) seen"
                + (f", {len(summary['known_vanished'])} known divergence(s) did not show: "
                   + ", ".join(v["id"] for v in summary["known_vanished"]) if summary["known_vanished"] else "")
+               + (f"; {n_cached} case(s) from the result cache" if n_cached else "")
                + f". Reports in {out}/", err=True)
     sys.exit(1 if bad else 0)
 
@@ -351,6 +363,15 @@ def repro(case_id: str, directory: Path) -> None:
     code, text = replay(case_id, directory)
     click.echo(text)
     sys.exit(code)
+
+
+def _add_envs() -> None:
+    from bnspec.envs import cli as envs  # stdlib and click only: --help stays fast
+
+    cli.add_command(envs, "envs")
+
+
+_add_envs()
 
 
 def main() -> None:

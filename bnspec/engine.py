@@ -1,6 +1,7 @@
 """The run: every property's cases through every adapter's warm worker, judged (:mod:`bnspec.judging`)
 and explained (:mod:`bnspec.attribution`), streamed to ``results.jsonl`` as they finish, resumable,
-then summarised (:mod:`bnspec.summary`).
+then summarised (:mod:`bnspec.summary`). A case whose outcome the result cache holds
+(:mod:`bnspec.cache`) is read from it; an adapter's worker starts only when some case misses.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from bnspec.accuracy import ACCURACY_CASES, accuracy_error, at_rank
 from bnspec.adapter import Adapter, conversion_verdicts
 from bnspec.attribution import Judgement, judge_observation
+from bnspec.cache import ResultCache
 from bnspec.case import Case
 from bnspec.errors import BnspecError
 from bnspec.known import KnownDivergence, find
@@ -45,6 +47,7 @@ class RunOptions:
     shrink: bool = True
     memory_limit_mb: int | None = None
     accuracy: bool = True  # the fixed accuracy cases after the properties (bnspec.accuracy)
+    cache: bool = True  # read and write the result cache (bnspec.cache); False: compute everything
 
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the run it completes."""
@@ -123,32 +126,42 @@ def run(
                                                 indent=2, sort_keys=True))
     records = _kept_records(adapters, opts, load_records(out) if resume else [])
     finished = {(r.adapter, r.property, r.example) for recs in records.values() for r in recs}
+    cache = ResultCache() if opts.cache else None
     writer = ResultsWriter(out / "results.jsonl", resume=resume)
     started = time.time()
     workers: dict[str, Worker] = {}
     elapsed: dict[str, float] = {}
     closing: dict[str, float] = {}
+    saved: dict[str, float] = {}
     accuracy: dict[str, dict[str, Any]] = {}
 
     def one_adapter(adapter: Adapter) -> None:
         t_start = time.perf_counter()
-        worker = workers[adapter.name] = Worker(adapter, memory_limit_mb=opts.memory_limit_mb)
         recs = records[adapter.name]
+        saved[adapter.name] = 0.0
+
+        def worker() -> Worker:  # made on the first case the cache does not hold
+            if adapter.name not in workers:
+                workers[adapter.name] = Worker(adapter, memory_limit_mb=opts.memory_limit_mb)
+            return workers[adapter.name]
+
         try:
             for prop in opts.properties:
                 for index in range(opts.examples):
                     if (adapter.name, prop, index) in finished:
                         continue
-                    rec = _one_case(adapter, worker, opts, out, prop, index, recs)
+                    rec, seconds = _one_case(adapter, worker, opts, out, prop, index, recs, cache)
+                    saved[adapter.name] += seconds
                     recs.append(rec)
                     writer.write(rec)
                     if progress:
                         progress(adapter.name, rec)
             if opts.accuracy:
-                accuracy[adapter.name] = measure_accuracy(adapter, worker, opts.timeout)
+                accuracy[adapter.name] = _accuracy(adapter, worker, opts, cache)
         finally:
             t_close = time.perf_counter()
-            worker.close()
+            if adapter.name in workers:
+                workers[adapter.name].close()
             closing[adapter.name] = time.perf_counter() - t_close
             elapsed[adapter.name] = time.perf_counter() - t_start
 
@@ -162,7 +175,7 @@ def run(
     summary = summarize(adapters, records, workers, properties=opts.properties, seed=opts.seed,
                         examples=opts.examples, baseline=opts.baseline, known=opts.known, started=started,
                         accuracy=accuracy)
-    _add_wall_timing(summary, elapsed, closing)
+    _add_wall_timing(summary, elapsed, closing, saved)
     return summary
 
 
@@ -186,6 +199,31 @@ def measure_accuracy(adapter: Adapter, worker: Worker, timeout: float) -> dict[s
     return rows
 
 
+def _accuracy(adapter: Adapter, worker: Callable[[], Worker], opts: RunOptions,
+              cache: ResultCache | None) -> dict[str, Any]:
+    """measure_accuracy, through the cache. A measurement in which the worker failed or
+    restarted says something about this machine now, not about the adapter: it is not kept."""
+    key = (cache.accuracy_key(adapter, {"timeout": opts.timeout, "memory_limit_mb": opts.memory_limit_mb})
+           if cache is not None else None)
+    rows = cache.load_accuracy(key) if cache is not None and key is not None else None
+    if rows is not None:
+        return rows
+    w = worker()
+    restarts = w.restarts
+    rows = measure_accuracy(adapter, w, opts.timeout)
+    if (cache is not None and key is not None and w.restarts == restarts
+            and not any(r["note"].startswith("failure") for r in rows.values())):
+        cache.store_accuracy(key, rows)
+    return rows
+
+
+def _record_options(opts: RunOptions, *, shrinks: bool) -> dict[str, Any]:
+    """What besides the case and the adapter can change a record (the cache keys it): not the
+    jobs, nor the known divergences (matched again on every record, cached or not)."""
+    return {"baseline": opts.baseline, "baseline_semantics": get_semantics(opts.baseline), "shrink": shrinks,
+            "timeout": opts.timeout, "memory_limit_mb": opts.memory_limit_mb}
+
+
 def _kept_records(adapters: list[Adapter], opts: RunOptions, done: list[Record]) -> dict[str, list[Record]]:
     """Per adapter, the records of an earlier run this run keeps, their known divergences
     looked up again in the registry as it is now."""
@@ -203,30 +241,52 @@ def _known_id(opts: RunOptions, rec: Record) -> str | None:
     return known.id if known else None
 
 
-def _one_case(adapter: Adapter, worker: Worker, opts: RunOptions, out: Path, prop: str, index: int,
-              earlier: list[Record]) -> Record:
+def _one_case(adapter: Adapter, worker: Callable[[], Worker], opts: RunOptions, out: Path, prop: str,
+              index: int, earlier: list[Record], cache: ResultCache | None) -> tuple[Record, float]:
     """One case judged; a non-conformance matched against the known divergences and its case
     stored for `bnspec repro` (the first mismatch of a property shrunk first), as is a case that
-    diverges from the baseline."""
+    diverges from the baseline. Read from the cache where it holds the case (then also the
+    framework seconds it saved); written to it otherwise, unless the worker failed or restarted
+    on it (a crash, timeout or memory blow-up is this machine's, now: the next run tries again)."""
     case = generate(prop, opts.seed, index)
-    rec, _, judgement = check_case(adapter, case, worker, opts, prop, index)
+    shrinks = opts.shrink and not any(r.property == prop and r.status.is_nonconformance for r in earlier)
+    key = None
+    if cache is not None:
+        key = cache.case_key(adapter, case, prop, index, _record_options(opts, shrinks=shrinks))
+        hit = cache.load_case(key, adapter.name, prop, index, case.case_id())
+        if hit is not None:
+            if hit.record.status.is_nonconformance:
+                hit.record.known = _known_id(opts, hit.record)
+            for name, text in hit.files:
+                atomic_write(out / "cases" / name, text)
+            return hit.record, hit.framework_seconds
+    runner = worker()
+    calls, restarts = runner.call_seconds, runner.restarts
+    rec, _, judgement = check_case(adapter, case, runner, opts, prop, index)
+    files = []
     if rec.status.is_nonconformance:
         rec.known = _known_id(opts, rec)
-        first = not any(r.property == prop and r.status.is_nonconformance for r in earlier)
         minimal = case
-        if opts.shrink and first and rec.status == Status.MISMATCH and judgement is not None:
-            minimal = minimal_failing(worker, case, adapter.declared_profile().semantics, judgement.verdict,
+        if shrinks and rec.status == Status.MISMATCH and judgement is not None:
+            minimal = minimal_failing(runner, case, adapter.declared_profile().semantics, judgement.verdict,
                                       judgement.explanation, timeout=opts.timeout)
         rec.minimal_case_id = minimal.case_id()
-        _save_case(out, adapter, minimal, rec)
+        files.append(_case_file(adapter, minimal, rec))
     elif rec.baseline_knobs:  # a divergence from the baseline: `bnspec repro` shows it
-        _save_case(out, adapter, case, rec)
-    return rec
+        files.append(_case_file(adapter, case, rec))
+    for name, text in files:
+        atomic_write(out / "cases" / name, text)
+    if cache is not None and key is not None and rec.status != Status.FAILURE and runner.restarts == restarts:
+        cache.store_case(key, rec, files, runner.call_seconds - calls)
+    return rec, 0.0
 
 
-def _add_wall_timing(summary: dict[str, Any], elapsed: dict[str, float], closing: dict[str, float]) -> None:
+def _add_wall_timing(summary: dict[str, Any], elapsed: dict[str, float], closing: dict[str, float],
+                     saved: dict[str, float]) -> None:
     for name, seconds in elapsed.items():
         t = summary["timing"]["adapters"][name]
+        # the framework seconds the cases read from the cache took when they were computed
+        t["cached_framework_seconds"] = round(saved.get(name, 0.0), 3)
         t["wall_seconds"] = round(seconds, 3)
         t["shutdown_seconds"] = round(closing.get(name, 0.0), 3)  # the framework exiting
         # bnspec's own share: judging, attribution, shrinking, IPC, over what this invocation
@@ -276,7 +336,8 @@ def stored_run(out: Path) -> dict[str, Any]:
         raise ResumeError(f"{out / RUN_FILE} is corrupt; start a new run with another --out") from None
 
 
-def _save_case(out: Path, adapter: Adapter, case: Case, rec: Record) -> None:
+def _case_file(adapter: Adapter, case: Case, rec: Record) -> tuple[str, str]:
+    """The name and text of the file under ``out/cases/`` that `bnspec repro` replays."""
     data = {"adapter": adapter.name, "adapter_ref": adapter.ref, "profile": adapter.declared_profile().name,
             "property": rec.property, "original_case_id": rec.case_id, "case": case.to_dict()}
-    atomic_write(out / "cases" / f"{repro_id(case.case_id(), adapter.name)}.json", json.dumps(data, sort_keys=True))
+    return f"{repro_id(case.case_id(), adapter.name)}.json", json.dumps(data, sort_keys=True)

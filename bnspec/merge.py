@@ -39,7 +39,7 @@ def merge_summaries(loaded: list[tuple[Path, dict[str, Any]]]) -> tuple[dict[str
         for a in s["adapters"]:
             key = (a["name"], str(a.get("framework_version")), a.get("device", "cpu"))
             if key in adapters:
-                if adapters[key]["cells"] != a["cells"]:
+                if _results(adapters[key]["cells"]) != _results(a["cells"]):
                     conflicts.append(f"{a['name']} {key[1]} on {key[2]}: {origin[key]} and {path} disagree; "
                                      "kept the first")
                 continue
@@ -56,6 +56,11 @@ def merge_summaries(loaded: list[tuple[Path, dict[str, Any]]]) -> tuple[dict[str
         "merged_from": [str(p) for p, _ in loaded], "conflicts": conflicts, "timing": {},
     }
     return merged, conflicts
+
+
+def _results(cells: dict[str, Any]) -> dict[str, Any]:
+    """The cells without where their cases came from: a cached result is the same result."""
+    return {p: {k: v for k, v in c.items() if k != "cached"} for p, c in cells.items()}
 
 
 def _current(path: Path, s: Any) -> dict[str, Any]:

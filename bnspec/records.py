@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -169,10 +170,16 @@ class Observation:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``path`` whole or not at all (a reader never sees half a file). The temporary file's
+    name is this writer's own, so that two writers of one path (two runs sharing the result
+    cache) never write into each other's; the last rename wins, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def repro_id(case_id: str, adapter: str) -> str:
@@ -209,6 +216,7 @@ class Record:
     # per alternative of ``explanation`` (the first few): [share of its bound the observation
     # uses, times its bound the nearest placebo misses by]
     margins: list[list[float | None]] = field(default_factory=list)
+    cached: bool = False  # read from the result cache (bnspec.cache), not computed by this run
 
     def to_json(self) -> str:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -21,6 +21,7 @@ from bnspec.semantics import KNOBS
 
 MARK = {Status.CONFORMS: "✓", Status.NOT_APPLICABLE: "n/a", Status.FAILURE: "⚠"}
 UNEXPLAINED = "unexplained"
+CACHED = "↺"  # a cell whose cases were read from the result cache
 
 
 def deterministic(summary: dict[str, Any]) -> str:
@@ -95,6 +96,28 @@ def cell_text(cell: dict[str, Any]) -> str:
     return text
 
 
+def cached_mark(cell: dict[str, Any] | None, cases: int | None) -> str:
+    """``↺`` on a cell whose ``cases`` cases all came from the result cache, ``↺k/n`` where k of
+    n did."""
+    n = int((cell or {}).get("cached", 0))
+    if not n:
+        return ""
+    return f" {CACHED}" if cases is None or n >= cases else f" {CACHED}{n}/{cases}"
+
+
+def cached_text(summary: dict[str, Any]) -> str:
+    """The sentence that says how many cases came from the result cache, per adapter ("" where
+    none did). A cell holds ``examples`` cases."""
+    examples = summary.get("examples") or 0
+    counts = [(a["name"], int(a.get("cached", 0)), examples * len(a["cells"])) for a in summary["adapters"]]
+    if not any(n for _, n, _ in counts):
+        return ""
+    cached, total = sum(n for _, n, _ in counts), sum(t for _, _, t in counts)
+    per_adapter = ", ".join(f"{name} {n}/{t}" for name, n, t in counts if n)
+    return (f"{CACHED}: read from the result cache, not recomputed (`bnspec run --no-cache` recomputes): "
+            f"{cached} of {total} case(s); {per_adapter}.")
+
+
 def _md(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
@@ -117,8 +140,10 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     for a in summary["adapters"]:
         row = [a["name"], a.get("framework_version") or "not installed", a["declared_profile"]]
-        row += [cell_text(a["cells"][p]) if p in a["cells"] else "" for p in props]
+        row += [cell_text(c) + cached_mark(c, summary["examples"]) if (c := a["cells"].get(p)) else "" for p in props]
         lines.append("| " + " | ".join(_md(c) for c in row) + " |")
+    if cached_text(summary):
+        lines += ["", cached_text(summary)]
     for title, want_known in (("New findings", False), ("Known divergences", True)):
         lines += ["", f"## {title}", ""]
         found = [(a, nc) for a in summary["adapters"] for nc in a["non_conformances"]
@@ -395,7 +420,8 @@ def html(summary: dict[str, Any]) -> str:
     )
     declared = sorted({a["declared_profile"] for a in summary["adapters"]} | {summary["baseline"]})
     return env.get_template("report.html.j2").render(
-        s=summary, cell_text=cell_text, conversion_cell=conversion_cell, fidelity=fidelity,
+        s=summary, cell_text=cell_text, cached_mark=cached_mark, cached_text=cached_text(summary),
+        conversion_cell=conversion_cell, fidelity=fidelity,
         conversion_columns=CONVERSION_COLUMNS, accuracy_rows=accuracy_rows(summary),
         finding_explanation=finding_explanation,
         accuracy_cases=_accuracy_cases(), profiles=declared, knob_table=knob_table(declared),

@@ -1,6 +1,7 @@
 """summary.json from the records of a run: per adapter, one cell per property, its first
 non-conformance per property, its divergences from the baseline by knob, a conversion path's
-own checks and its timing; the known divergences that did not show.
+own checks and its timing, and how many of its cases came from the result cache; the known
+divergences that did not show.
 
 The shape is versioned (``SCHEMA_VERSION``, ``bnspec/schema/summary.schema.json``).
 """
@@ -68,6 +69,7 @@ def _entry(adapter: Adapter, recs: list[Record], properties: Sequence[str]) -> d
         "description": adapter.description,
         "device": "cpu",
         "conforms": not any(r.bad for r in recs),
+        "cached": sum(r.cached for r in recs),  # cases read from the result cache (bnspec.cache)
         "known_divergences": sorted({r.known for r in recs if r.known}),
         "cells": {prop: _cell(prs) for prop, prs in by_property.items()},
         "non_conformances": non_conformances,
@@ -101,6 +103,7 @@ def _cell(prs: list[Record]) -> dict[str, Any]:
         "known": sorted({r.known for r in prs if r.known}),
         "baseline_knobs": sorted({k for r in prs for k in r.baseline_knobs}),
         "detail": _detail(prs),
+        "cached": sum(r.cached for r in prs),
     }
 
 
@@ -156,6 +159,8 @@ def _conversion(recs: list[Record]) -> dict[str, Any]:
 
 
 def _timing(worker: Worker | None) -> dict[str, Any]:
+    """What the adapter's worker did in this invocation (None: it never started, every case
+    came from the result cache or an earlier run's records)."""
     return {
         "startup_seconds": round(worker.startup_seconds, 3) if worker else None,
         # every adapter call this invocation made: the judged cases' and the shrinker's

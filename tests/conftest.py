@@ -31,6 +31,10 @@ A run whose ``-m`` deselects every ``framework`` test is framework-free, and che
   never skipped.
 
 Any run lists, at its end, the tests that took over SLOW_SECONDS without the ``slow`` marker.
+
+No test reads or writes the user's result cache (bnspec.cache): the session points
+``BNSPEC_CACHE_DIR`` at a temporary folder, and each test gets an empty one of its own, so that a
+test's runs compute what it tests whatever ran before it.
 """
 
 from __future__ import annotations
@@ -243,6 +247,7 @@ def _deselected(expression, marks: set[str]) -> bool:
 
 
 _FRAMEWORK_FREE = pytest.StashKey[bool]()
+_SESSION_CACHE = pytest.StashKey[str]()
 
 
 def _framework_free(config: pytest.Config) -> bool:
@@ -276,12 +281,20 @@ _GUARD = _FrameworkImportGuard()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import os
+    import tempfile
+
+    os.environ["BNSPEC_CACHE_DIR"] = config.stash[_SESSION_CACHE] = tempfile.mkdtemp(prefix="bnspec-test-cache-")
     config.stash[_FRAMEWORK_FREE] = free = _deselected(_expression(config), {"framework"})
     if free and _GUARD not in sys.meta_path:
         sys.meta_path.insert(0, _GUARD)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    if _SESSION_CACHE in config.stash:
+        shutil.rmtree(config.stash[_SESSION_CACHE], ignore_errors=True)
     if _GUARD in sys.meta_path:
         sys.meta_path.remove(_GUARD)
 
@@ -327,6 +340,11 @@ def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-
     if report.skipped and _framework_free(collector.config):
         return _skip_as_failure(report, collector.nodeid)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _own_result_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BNSPEC_CACHE_DIR", str(tmp_path_factory.mktemp("bnspec-cache")))
 
 
 _SLOW_UNMARKED: list[tuple[float, str]] = []

@@ -118,7 +118,9 @@ def test_same_seed_gives_byte_identical_summary_apart_from_timing(tmp_path):
     outs = []
     for k in range(2):
         out = tmp_path / f"o{k}"
-        assert bnspec("run", "--adapters", "reference", "--examples", "1", "--out", str(out)).returncode == 0
+        # --no-cache: the second run recomputes (a cached one would give the first's records back)
+        assert bnspec("run", "--adapters", "reference", "--examples", "1", "--no-cache",
+                      "--out", str(out)).returncode == 0
         s = json.loads((out / "summary.json").read_text())
         s.pop("timing")
         outs.append(json.dumps(s, sort_keys=True))

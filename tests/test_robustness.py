@@ -126,7 +126,9 @@ def _records(out: Path) -> list[dict]:
 
 
 def test_a_run_killed_with_sigkill_resumes_without_redoing_work_and_matches_a_clean_run(tmp_path):
-    args = ["--adapters", "reference", "--adapter-path", f"{FIX}:BIASED_RUNNING_VAR", "--examples", "2"]
+    # --no-cache: the killed run computes its cases (read from the clean run's cache, it would be
+    # over before the kill)
+    args = ["--adapters", "reference", "--adapter-path", f"{FIX}:BIASED_RUNNING_VAR", "--examples", "2", "--no-cache"]
     clean = tmp_path / "clean"
     assert bnspec("run", *args, "--out", str(clean)).returncode == 1
 
