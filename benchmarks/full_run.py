@@ -24,7 +24,7 @@ def one_run(jobs: int, examples: int, adapters: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         select = ["--adapters", adapters] if adapters else []
-        proc = subprocess.run([sys.executable, "-m", "bnspec", "run", "--jobs", str(jobs), "--examples",
+        proc = subprocess.run([sys.executable, "-m", "bnspec", "run", "--no-cache", "--jobs", str(jobs), "--examples",
                                str(examples), *select, "--out", tmp], capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode not in (0, 1):

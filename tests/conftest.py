@@ -78,6 +78,9 @@ MARKS: dict[str, tuple[str, ...]] = {
     "tests/test_report_browser.py::test_html_*": ("browser",),
     "tests/test_robustness.py::test_each_fault_costs_only_its_own_cells_and_is_reported_as_what_it_is": ("slow",),
     "tests/test_converters.py::test_flax_to_torch_chain_*": ("slow",),
+    # every probe through a real framework's worker: 20-120 s each on 2 cores
+    "tests/test_fingerprint.py::test_real_adapter_fingerprint_agrees_with_its_profile*": ("slow",),
+    "tests/test_robustness.py::test_a_run_killed_with_sigkill_*": ("slow",),
 }
 _IMPORTERS = frozenset({"importorskip", "find_spec", "import_module", "__import__"})
 _REF = re.compile(r"bnspec\.adapters\.[\w.]+:\w+")
