@@ -32,14 +32,16 @@ from bnspec.errors import BnspecError
 from bnspec.judging import Verdict, judge
 from bnspec.records import Explanation, Observation
 from bnspec.reference import emulate, reference
-from bnspec.semantics import KNOBS, READINGS, WARMED, MomentumWeights, Semantics
+from bnspec.semantics import ALL_KNOBS, KNOBS, READINGS, WARMED, MomentumWeights, Semantics
 
 __all__ = ["Judgement", "Observation", "alternatives", "explain", "judge_observation", "profile_difference"]
 
 
-def alternatives(sem: Semantics) -> list[dict[str, Any]]:
-    """Every single knob flip away from ``sem`` (the knobs a Case sets are never flipped)."""
-    return [{name: v} for name, knob in KNOBS.items() if knob.flippable
+def alternatives(sem: Semantics, case: Case | None = None) -> list[dict[str, Any]]:
+    """Every single knob flip away from ``sem`` (the knobs a Case sets are never flipped); for a
+    ``case`` with replicas, the replica knobs' flips too (on one device they change nothing)."""
+    knobs = ALL_KNOBS if case is not None and case.replicas is not None else KNOBS
+    return [{name: v} for name, knob in knobs.items() if knob.flippable
             for v in knob.alternatives_of(getattr(sem, name))]
 
 
@@ -118,7 +120,7 @@ def explain(
     Single moves first (a knob flip or a reading), then pairs, then -- where no pair explains
     -- a beam search that adds the move leaving the smallest residual, up to four moves."""
     passed_as = passed_as or base.momentum_weights
-    singles = alternatives(base) + readings(case)
+    singles = alternatives(base, case) + readings(case)
     steps = _mismatched_steps(case, base, obs, passed_as)
     found = _specific(case, base, _explaining(case, base, singles, obs, passed_as), steps, passed_as, obs)
     if not found and pairs:
@@ -320,7 +322,7 @@ def _rounding_unseen(held: Case, base: Semantics, sem: Semantics, flip: dict[str
     profile's with the numerics knobs left as ``base`` has them. (A float64 case whose eps was
     held as a float32 attribute is not explained by float32 reductions: it sits hundreds of
     float64 roundoffs from the exact result, and 1e8 from a float32 one.)"""
-    numerics = [k for k in flip if k in KNOBS and KNOBS[k].numerics]
+    numerics = [k for k in flip if k in ALL_KNOBS and ALL_KNOBS[k].numerics]
     if not numerics or obs.result is None:
         return False
     plain = sem.replace(**{k: getattr(base, k) for k in numerics})
@@ -403,7 +405,7 @@ def closest(case: Case, base: Semantics, obs: Observation, *,
     explanation)."""
     passed_as = passed_as or base.momentum_weights
     best: tuple[float, dict[str, Any]] | None = None
-    for flip in alternatives(base) + readings(case):
+    for flip in alternatives(base, case) + readings(case):
         distance = residual(case, base, flip, obs, passed_as)
         if distance is not None and (best is None or distance < best[0]):
             best = (distance, flip)

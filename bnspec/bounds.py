@@ -29,6 +29,8 @@ K: dict[str, float] = {
     "dx": 8.0,
     "dgamma": 8.0,
     "dbeta": 8.0,
+    "replica_running_mean": 8.0,  # a case with replicas: every replica's copy
+    "replica_running_var": 8.0,
 }
 
 
@@ -150,7 +152,12 @@ class Bounds:
         self.eps = plan.eps_float
         self.per_step: list[dict[str, Bound]] = []
         with np.errstate(all="ignore"):  # NaN and Inf inputs reach the bounds too: IEEE's business
-            self._build(expected)
+            if plan.replica is not None:
+                from bnspec.replicas import build_replica_bounds  # the same model, shard by shard
+
+                build_replica_bounds(self, expected)
+            else:
+                self._build(expected)
 
     def get(self, step: int, q: str, expected: np.ndarray) -> Bound:
         return self.per_step[step].get(q) or Bound(

@@ -62,6 +62,12 @@ class Case:
     # count): what momentum=None's cumulative weight 1/(counter + k) and an EMA debias
     # 1 - decay^(counter + k) count from. 0: a fresh layer.
     counter: int = 0
+    # Data-parallel training: every step's global batch split along axis 0 into R replica
+    # shards of these sizes, in replica order (uneven sizes, 1 and 0 allowed; their sum is each
+    # step's N). One split for all steps: a deployment's replica count and per-replica batch
+    # are fixed across calls, and one split keeps each replica's running statistics a single
+    # trajectory. None: one device.
+    replicas: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype)
@@ -90,6 +96,26 @@ class Case:
             raise InvalidCase(f"momentum={self.momentum!r}; expected a float in [0, 1] or None")
         if not (isinstance(self.counter, int) and not isinstance(self.counter, bool) and self.counter >= 0):
             raise InvalidCase(f"counter={self.counter!r}; expected an int >= 0 (updates before step 0)")
+        if self.replicas is not None:
+            self._check_replicas()
+
+    def _check_replicas(self) -> None:
+        shards = self.replicas
+        if not (isinstance(shards, tuple) and shards
+                and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in shards)):
+            raise InvalidCase(f"replicas={shards!r}; expected a non-empty tuple of shard sizes (ints >= 0)")
+        for i, s in enumerate(self.steps):
+            if sum(shards) != s.x.shape[0]:
+                raise InvalidCase(f"step {i}: replicas {shards!r} hold {sum(shards)} samples, x has {s.x.shape[0]}")
+
+    @property
+    def shards(self) -> tuple[tuple[int, int], ...]:
+        """Each replica's samples as (start, stop) along axis 0; one device: one shard."""
+        sizes = self.replicas if self.replicas is not None else (int(self.steps[0].x.shape[0]),)
+        bounds = [0]
+        for k in sizes:
+            bounds.append(bounds[-1] + k)
+        return tuple(zip(bounds[:-1], bounds[1:], strict=True))
 
     @property
     def num_features(self) -> int:
@@ -117,6 +143,10 @@ class Case:
         }
         if not self.counter:
             del d["counter"]  # a fresh layer: the ids of cases from before the counter stay
+        if self.replicas is None:
+            del d["replicas"]  # one device: the ids of cases from before replicas stay
+        else:
+            d["replicas"] = list(self.replicas)
         for k in ("running_mean", "running_var", "gamma", "beta"):
             d[k] = encode_array(d[k])
         d["steps"] = [
@@ -144,6 +174,8 @@ class Case:
         )
         for k in ("running_mean", "running_var", "gamma", "beta"):
             d[k] = decode_array(d.get(k))
+        if d.get("replicas") is not None:
+            d["replicas"] = tuple(int(k) for k in d["replicas"])
         return cls(steps=steps, **d)
 
     def case_id(self) -> str:
@@ -232,18 +264,29 @@ class StepResult:
     # derives the output's conditioning from them). Adapters leave them None.
     norm_mean: np.ndarray | None = None
     norm_var: np.ndarray | None = None
+    # A case with replicas: every replica's running statistics after the step, (R, C) in
+    # replica order (running_mean/var above are replica 0's, the copy a checkpoint saves), and
+    # the statistics that normalized each replica (the reference's, like norm_mean). None on
+    # one device, and left out of the dict there.
+    replica_running_mean: np.ndarray | None = None
+    replica_running_var: np.ndarray | None = None
+    replica_norm_mean: np.ndarray | None = None
+    replica_norm_var: np.ndarray | None = None
 
     QUANTITIES = ("y", "batch_mean", "batch_var", "running_mean", "running_var", "dx", "dgamma", "dbeta")
+    REPLICA_QUANTITIES = ("replica_running_mean", "replica_running_var")
     _ARRAYS = (*QUANTITIES, "norm_mean", "norm_var")
+    _REPLICA_ARRAYS = (*REPLICA_QUANTITIES, "replica_norm_mean", "replica_norm_var")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {q: encode_array(getattr(self, q)) for q in self._ARRAYS}
+        d.update({q: encode_array(v) for q in self._REPLICA_ARRAYS if (v := getattr(self, q)) is not None})
         d["y_dtype"], d["running_dtype"] = self.y_dtype, self.running_dtype
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepResult:
-        kw: dict[str, Any] = {q: decode_array(d.get(q)) for q in cls._ARRAYS}
+        kw: dict[str, Any] = {q: decode_array(d.get(q)) for q in (*cls._ARRAYS, *cls._REPLICA_ARRAYS)}
         return cls(**kw, y_dtype=d.get("y_dtype"), running_dtype=d.get("running_dtype"))
 
 

@@ -20,12 +20,26 @@ import math
 import weakref
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Literal
 
 from bnspec.case import Case, Mode, Step
 from bnspec.dtypes import more_precise
 from bnspec.errors import SingleValueError, UnsupportedFeature
 from bnspec.exact import Num, div, mul
-from bnspec.semantics import AffineForm, EpsPlacement, MomentumWeights, Semantics, StatsSource, VarianceAlgorithm
+from bnspec.semantics import (
+    AffineForm,
+    EpsPlacement,
+    MomentumWeights,
+    ReplicaGrad,
+    ReplicaParamGrad,
+    ReplicaRunning,
+    ReplicaVar,
+    Semantics,
+    StatsSource,
+    VarianceAlgorithm,
+)
+
+ReplicaSource = Literal["local", "combined"]  # a replica's own shard's statistics, or the combined ones
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class Dtypes:
     created: str  # the running statistics when loaded, before a wider batch promotes them
     algorithm: VarianceAlgorithm
     affine_form: AffineForm
+    replica_var: ReplicaVar = "two_pass"  # a combined variance (a case with replicas)
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,42 @@ class StepPlan:
     # that include this step's update, 0 for fixed running statistics.
     w_mean: Num
     w_var: Num
+    replicas: tuple[ReplicaPlan, ...] = ()  # a case with replicas: each replica's part
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """One replica's part of one step of a case with replicas.
+
+    The combined statistics are mean = sum_r share_r mean_r and var = sum_r share_r (var_r +
+    (mean_r - mean)^2): a weighted mean and variance in which each of replica r's values weighs
+    share_r / n_r (``sample_weight``); by count this is BatchNorm on the concatenated batch."""
+
+    index: int
+    start: int  # its samples of the global batch: [start, stop) along axis 0
+    stop: int
+    n: int  # values per channel on this replica (0: an empty replica, which contributes nothing)
+    share: Fraction  # its statistics' weight in the combined ones: n/N by count, 1/R' equally, 0 empty
+    sample_weight: Fraction  # share / n: d(combined mean)/d(one of its values); 0 for an empty replica
+    stats: ReplicaSource  # the batch statistics that normalize it (where the step's source is the batch)
+    update: ReplicaSource | None  # what its running copy takes (None: no update this step)
+    local_factor: Num  # n/(n-1) of its own shard (1 where its own statistics are not needed)
+    combined_factor: Num  # n/(n-1) of the combined statistics, n as replica_count says
+    normalize_var_factor: Num
+    running_var_factor: Num
+    depends: ReplicaSource | None  # the statistics the ones that normalize it move with (None: fixed)
+    w_mean: Num  # as StepPlan's, against the statistics of ``depends``
+    w_var: Num
+
+
+@dataclass(frozen=True)
+class ReplicaRules:
+    """What a case with replicas does around the steps (the plan-wide replica knobs)."""
+
+    count: int  # R
+    running: ReplicaRunning
+    grad: ReplicaGrad
+    param_grad: ReplicaParamGrad
 
 
 @dataclass(frozen=True)
@@ -73,6 +124,7 @@ class Plan:
     track: bool  # the layer has running statistics at all
     dtypes: Dtypes
     passed_as: MomentumWeights  # the convention the case's momentum was translated into
+    replica: ReplicaRules | None = None  # None: one device
 
     @property
     def eps_float(self) -> float:
@@ -91,7 +143,8 @@ def dtypes_of(sem: Semantics, case: Case) -> Dtypes:
     output = {"input": dtype, "parameters": params, "state": state}[sem.output_dtype]
     normalize = dtype if sem.normalize_dtype == "input" else compute
     created = "float32" if sem.state_dtype == "promote_float32" else state
-    return Dtypes(compute, normalize, output, state, created, sem.variance_algorithm, sem.affine_form)
+    return Dtypes(compute, normalize, output, state, created, sem.variance_algorithm, sem.affine_form,
+                  sem.replica_var)
 
 
 def make_plan(case: Case, sem: Semantics, *, passed_as: MomentumWeights | None = None) -> Plan:
@@ -119,7 +172,7 @@ def _plan(case: Case, sem: Semantics, passed_as: MomentumWeights) -> Plan:
         source = _stats_source(step, sem, track)
         updating = step.updates_running and track and sem.running_update == "ema"
         needs_batch = source != "running" or updating
-        if needs_batch and n == 1 and sem.single_value == "error":
+        if needs_batch and n == 1 and sem.single_value == "error" and case.replicas is None:
             raise SingleValueError(
                 f"one value per channel in a batch of shape {step.x.shape} (single_value=error)"
             )
@@ -143,14 +196,87 @@ def _plan(case: Case, sem: Semantics, passed_as: MomentumWeights) -> Plan:
             w_var = mul(w_mean, running_var_factor if updating else Fraction(1))
         else:
             w_mean, w_var = Fraction(1), normalize_var_factor
+        replicas = () if case.replicas is None else _replica_plans(case, sem, step, i, source, updating,
+                                                                    weight, debias)
         steps.append(StepPlan(
             index=i, mode=step.mode, frozen=step.frozen, n=n, source=source,
             needs_batch=needs_batch, updating=updating, updates=updates, weight=weight,
             debias=debias, factor=factor, running_var_factor=running_var_factor,
-            normalize_var_factor=normalize_var_factor, w_mean=w_mean, w_var=w_var,
+            normalize_var_factor=normalize_var_factor, w_mean=w_mean, w_var=w_var, replicas=replicas,
         ))
     eps = max(Fraction(case.eps), Fraction(sem.effective_eps_floor))
-    return Plan(tuple(steps), eps, sem.eps_placement, track, dtypes_of(sem, case), passed_as)
+    rules = None if case.replicas is None else ReplicaRules(
+        len(case.replicas), sem.replica_running, sem.replica_grad, sem.replica_param_grad)
+    return Plan(tuple(steps), eps, sem.eps_placement, track, dtypes_of(sem, case), passed_as, rules)
+
+
+def _unbiased(n: int, sem: Semantics, where: str) -> Num:
+    """n/(n-1), with one value per channel as single_value says (``where`` names the replica)."""
+    if n > 1:
+        return Fraction(n, n - 1)
+    if sem.single_value == "error":
+        raise SingleValueError(f"one value per channel on {where} (single_value=error)")
+    return Fraction(1) if sem.single_value == "allowed" else math.inf
+
+
+def _replica_plans(case: Case, sem: Semantics, step: Step, i: int, source: StatsSource, updating: bool,
+                   weight: Fraction, debias: Fraction) -> tuple[ReplicaPlan, ...]:
+    """Each replica's part of step ``i``. The combined statistics weigh each replica by its count
+    (count_weighted; also a synchronized update under replica_stats none) or equally over the
+    non-empty replicas (equal_weighted). An empty replica normalizes nothing, adds nothing to the
+    combined statistics and keeps its running copy unless the copies are synchronized."""
+    assert case.replicas is not None
+    per_sample = step.x.size // (step.x.shape[0] * step.x.shape[1])
+    counts = [k * per_sample for k in case.replicas]
+    total = sum(counts)
+    present = sum(1 for k in counts if k)
+    equal = sem.replica_stats == "equal_weighted"
+    stats: ReplicaSource = "local" if sem.replica_stats == "none" else "combined"
+    synced = sem.replica_running == "synchronized"
+    if updating and not synced and 0 in counts and (
+            case.momentum is None or sem.ema_debias or sem.first_update == "replace"):
+        raise UnsupportedFeature("an empty replica skips its update: its update counter would part from "
+                                 "the others' (momentum=None, a debiased EMA, a first update that replaces)")
+    plans = []
+    for r, ((start, stop), n_r) in enumerate(zip(case.shards, counts, strict=True)):
+        where = f"replica {r} of step {i} (batch shape {step.x.shape}, replicas {case.replicas})"
+        share = (Fraction(1, present) if equal else Fraction(n_r, total)) if n_r else Fraction(0)
+        update: ReplicaSource | None = None
+        if updating:
+            update = "combined" if synced else ("local" if n_r else None)
+        normalizes = source == "batch" and n_r > 0
+        needs_local = n_r > 0 and ((normalizes and stats == "local") or update == "local")
+        needs_combined = (normalizes and stats == "combined") or update == "combined"
+        local_factor = _unbiased(n_r, sem, where) if needs_local else Fraction(1)
+        combined_factor: Num = Fraction(1)
+        if needs_combined:
+            if sem.replica_count == "local" and not n_r:
+                raise UnsupportedFeature(f"replica_count=local: the empty {where} has no n for n/(n-1)")
+            combined_factor = _unbiased(total if sem.replica_count == "global" else n_r, sem,
+                                        "the global batch" if sem.replica_count == "global" else where)
+        norm_factor = local_factor if stats == "local" else combined_factor
+        run_factor = combined_factor if update == "combined" else local_factor
+        normalize_var_factor = norm_factor if sem.normalize_var == "unbiased" else Fraction(1)
+        running_var_factor = run_factor if sem.running_var_update == "unbiased" else Fraction(1)
+        depends: ReplicaSource | None
+        w_mean: Num
+        w_var: Num
+        if source == "batch":
+            depends, w_mean, w_var = stats, Fraction(1), normalize_var_factor
+        elif update is not None:
+            depends = update
+            w_mean = div(weight, debias)
+            w_var = mul(w_mean, running_var_factor)
+        else:
+            depends, w_mean, w_var = None, Fraction(0), Fraction(0)
+        plans.append(ReplicaPlan(
+            index=r, start=start, stop=stop, n=n_r, share=share,
+            sample_weight=share / n_r if n_r else Fraction(0), stats=stats, update=update,
+            local_factor=local_factor, combined_factor=combined_factor,
+            normalize_var_factor=normalize_var_factor, running_var_factor=running_var_factor,
+            depends=depends, w_mean=w_mean, w_var=w_var,
+        ))
+    return tuple(plans)
 
 
 def counter_matters(case: Case, sem: Semantics) -> bool:

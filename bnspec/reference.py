@@ -36,6 +36,7 @@ class _Arith:
     created: str
     algorithm: str
     affine_form: str = "centered"
+    replica_var: str = "two_pass"
 
     def cast(self, a: np.ndarray | float, dtype: str) -> np.ndarray:
         # copy=False: a cast to the dtype an array already has is free (the exact path's case);
@@ -52,7 +53,8 @@ EXACT = _Arith("float64", "float64", "float64", "float64", "float64", "two_pass"
 
 
 def _emulated(d: Dtypes) -> _Arith:
-    return _Arith(d.compute, d.normalize, d.output, d.state, d.created, d.algorithm, d.affine_form)
+    return _Arith(d.compute, d.normalize, d.output, d.state, d.created, d.algorithm, d.affine_form,
+                  d.replica_var)
 
 
 def reference(case: Case, semantics: Semantics, *, passed_as: MomentumWeights | None = None) -> Result:
@@ -75,6 +77,10 @@ def emulate(case: Case, semantics: Semantics, *, passed_as: MomentumWeights | No
 # propagation are computed on purpose, and give NaN or Inf as the spec says, not a warning.
 @np.errstate(invalid="ignore", divide="ignore", over="ignore")
 def _run(case: Case, plan: Plan, ar: _Arith) -> Result:
+    if plan.replica is not None:
+        from bnspec.replicas import run_replicas  # the same arithmetic, one shard at a time
+
+        return run_replicas(case, plan, ar)
     exact = ar is EXACT
     hidden_mean = ar.cast(ar.cast(case.running_mean, ar.created), ar.state)  # loaded into its creation dtype
     hidden_var = ar.cast(ar.cast(case.running_var, ar.created), ar.state)

@@ -26,6 +26,12 @@ OutputDtype = Literal["input", "parameters", "state"]
 StateDtype = Literal["input", "float32", "parameters", "promote_float32"]
 SingleValue = Literal["error", "allowed", "nan"]
 AffineForm = Literal["centered", "folded"]
+ReplicaStats = Literal["none", "count_weighted", "equal_weighted"]
+ReplicaVar = Literal["two_pass", "one_pass", "pairwise"]
+ReplicaRunning = Literal["own", "synchronized", "replica0", "mean"]
+ReplicaCount = Literal["global", "local"]
+ReplicaGrad = Literal["global", "local"]
+ReplicaParamGrad = Literal["sum", "mean"]
 
 
 KnobKind = Literal["semantics", "numerics"]
@@ -210,6 +216,70 @@ KNOBS: dict[str, Knob] = {
     ]
 }
 
+# The knobs of data-parallel training: how R replicas, each holding a shard of a step's global
+# batch (Case.replicas), combine what they compute. Only a case with replicas observes them; on
+# one device (Case.replicas None) every value is one-device BatchNorm. Kept apart from KNOBS
+# until the adapters that run real replicas exist (profiles cite KNOBS, the fingerprint and the
+# report's knob table list them): attribution flips them on a case with replicas only.
+_NO_REPLICA_PROBE = ("no fingerprint probe runs replicas yet (needs a multi-device adapter: torch "
+                     "DDP, JAX axis_name, tf.distribute)")
+REPLICA_KNOBS: dict[str, Knob] = {
+    k.name: k
+    for k in [
+        Knob(
+            "replica_stats",
+            "how the replicas' batch statistics combine: none (each replica normalizes with its "
+            "own shard's), count_weighted (weighted by sample count: BatchNorm on the "
+            "concatenated global batch; torch SyncBatchNorm), or equal_weighted (each non-empty "
+            "replica's mean and mean square weigh 1/R: pmean of moments; wrong for uneven shards)",
+            ("none", "count_weighted", "equal_weighted"),
+            not_probed=_NO_REPLICA_PROBE,
+        ),
+        Knob(
+            "replica_var",
+            "how a combined variance is formed: two_pass (squared deviations from the combined "
+            "mean), one_pass (combined E[x^2] - mean^2: cancels where |mean| >> std), or "
+            "pairwise (Chan et al.'s merge of per-replica (count, mean, M2) in replica order)",
+            ("two_pass", "one_pass", "pairwise"),
+            numerics=True,
+            not_probed=_NO_REPLICA_PROBE,
+        ),
+        Knob(
+            "replica_running",
+            "which running statistics survive a step: own (each replica updates its copy from "
+            "its own shard's statistics), synchronized (every copy from the combined "
+            "statistics; combined by count where replica_stats is none), replica0 (own, then "
+            "replica 0's copy broadcast to all before the next step: DDP's broadcast_buffers), "
+            "or mean (own, then the copies averaged: a MEAN-aggregated mirrored variable)",
+            ("own", "synchronized", "replica0", "mean"),
+            not_probed=_NO_REPLICA_PROBE,
+        ),
+        Knob(
+            "replica_count",
+            "the n of the unbiased factor n/(n-1) of a combined variance: the global batch's "
+            "values per channel (global) or each replica's own (local)",
+            ("global", "local"),
+            not_probed=_NO_REPLICA_PROBE,
+        ),
+        Knob(
+            "replica_grad",
+            "dx of the combined statistics: global (the gradient of the whole loss: sum(dy) and "
+            "sum(dy (x - mean)) all-reduced in the backward pass) or local (each replica "
+            "differentiates its own shard's loss only)",
+            ("global", "local"),
+            not_probed=_NO_REPLICA_PROBE,
+        ),
+        Knob(
+            "replica_param_grad",
+            "dgamma and dbeta of the global batch: the replicas' summed (sum) or averaged over "
+            "the R replicas (mean: DDP's gradient all-reduce divides by the world size)",
+            ("sum", "mean"),
+            not_probed=_NO_REPLICA_PROBE,
+        ),
+    ]
+}
+ALL_KNOBS: dict[str, Knob] = {**KNOBS, **REPLICA_KNOBS}
+
 # Readings: the case as an implementation may hold it, otherwise than passed. Not knobs of a
 # profile (a profile cannot state them) but facts about one implementation's hyperparameters and
 # state, which explain a mismatch like knob flips (bnspec.attribution.readings lists the values
@@ -255,9 +325,16 @@ class Semantics:
     state_dtype: StateDtype = "input"
     single_value: SingleValue = "error"
     affine_form: AffineForm = "centered"
+    # across replicas (REPLICA_KNOBS); the defaults: a plain layer replicated as it is
+    replica_stats: ReplicaStats = "none"
+    replica_var: ReplicaVar = "two_pass"
+    replica_running: ReplicaRunning = "own"
+    replica_count: ReplicaCount = "global"
+    replica_grad: ReplicaGrad = "global"
+    replica_param_grad: ReplicaParamGrad = "sum"
 
     def __post_init__(self) -> None:
-        for name, knob in KNOBS.items():
+        for name, knob in ALL_KNOBS.items():
             value = getattr(self, name)
             if knob.values is not None and value not in knob.values:
                 _bad(name, value, " | ".join(map(repr, knob.values)))
@@ -277,16 +354,21 @@ class Semantics:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
+        """Every knob; the replica knobs only where they differ from their defaults (a layer's
+        dict from before replicas stays as it was)."""
         d = dataclasses.asdict(self)
         d["initial_running"] = list(self.initial_running)
+        for name in REPLICA_KNOBS:
+            if d[name] == _REPLICA_DEFAULTS[name]:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Semantics:
-        unknown = set(data) - set(KNOBS)
+        unknown = set(data) - set(ALL_KNOBS)
         if unknown:
             raise InvalidSemantics(
-                f"unknown knob(s) {sorted(unknown)!r}; knobs are: {', '.join(KNOBS)}"
+                f"unknown knob(s) {sorted(unknown)!r}; knobs are: {', '.join(ALL_KNOBS)}"
             )
         data = dict(data)
         if "initial_running" in data:
@@ -297,13 +379,16 @@ class Semantics:
         """Knobs whose values differ: ``{knob: (self's value, other's value)}``."""
         return {
             k: (getattr(self, k), getattr(other, k))
-            for k in KNOBS
+            for k in ALL_KNOBS
             if getattr(self, k) != getattr(other, k)
         }
 
     @property
     def effective_eps_floor(self) -> float:
         return 0.0 if self.eps_floor is None else self.eps_floor
+
+
+_REPLICA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Semantics) if f.name in REPLICA_KNOBS}
 
 
 def _bad(name: str, value: Any, allowed: str) -> None:

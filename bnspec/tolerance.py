@@ -148,7 +148,7 @@ def compare(
                    note=f"{len(observed.steps)} step results for {len(expected.steps)} steps")]
         )
     for i, (exp, obs) in enumerate(zip(expected.steps, observed.steps, strict=True)):
-        for q in StepResult.QUANTITIES:
+        for q in (*StepResult.QUANTITIES, *StepResult.REPLICA_QUANTITIES):
             e, o = getattr(exp, q), getattr(obs, q)
             if e is None or o is None:
                 continue

@@ -275,6 +275,15 @@ def test_snippet_replays_the_case_in_the_evaluator() -> None:
 def test_fingerprint_agrees_with_the_declared_profile(opset: int) -> None:
     found = fingerprint(_adapter(opset), in_process=True)
     disagree = {k: v for k, v in found["knobs"].items() if not v["agrees"]}
+    if opset in TRAINING:
+        # The half_large probe (4096 float16 values near 24): np.mean accumulates float16 in
+        # float32, but x.var() sums its own mean in float16, which overflows to inf, so the
+        # variance is inf and y = 0. No compute_dtype value says that (a finding, also the
+        # report's onnx_reference_15 half_precision cell; tests/test_fingerprint.py records it).
+        for knob in ("compute_dtype", "normalize_dtype"):
+            row = disagree.pop(knob)
+            assert row["observed"].startswith("none of") and "half_large" in row["decided_by"], row
+            assert "observed 0.0" in row["evidence"], row
     assert not disagree, disagree
     assert found["knobs"]["affine_form"]["observed"] == "'centered'"
     if opset in TRAINING:

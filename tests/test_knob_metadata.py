@@ -5,7 +5,7 @@ from __future__ import annotations
 from bnspec.attribution import alternatives
 from bnspec.probes import DECISIONS, PROBES
 from bnspec.profiles import get_semantics
-from bnspec.semantics import KNOBS, SETTABLE_KNOBS, Semantics
+from bnspec.semantics import KNOBS, REPLICA_KNOBS, SETTABLE_KNOBS, Semantics
 
 
 def test_every_knob_names_its_deciding_probe_or_why_none_can():
@@ -36,3 +36,20 @@ def test_alternatives_are_every_other_value_of_an_enumerated_knob():
     assert {"eps_floor": 1.001e-5} in flips
     assert sum("initial_running" in f for f in flips) == 1  # (0, 1) is pytorch's own
     assert KNOBS["compute_dtype"].kind == "numerics" and KNOBS["train_stats"].kind == "semantics"
+
+
+def test_replica_knobs_say_why_no_probe_decides_them_and_flip_only_on_a_case_with_replicas():
+    import numpy as np
+
+    from bnspec.case import make_case
+
+    assert not set(REPLICA_KNOBS) & set(KNOBS)
+    for name, knob in REPLICA_KNOBS.items():
+        assert knob.probe is None and knob.not_probed and knob.flippable and knob.values, name
+        assert getattr(Semantics(), name) in knob.values
+    assert [k for k, v in REPLICA_KNOBS.items() if v.numerics] == ["replica_var"]
+    case = make_case(np.arange(4.0).reshape(4, 1), replicas=(1, 3))
+    assert {"replica_stats": "count_weighted"} in alternatives(Semantics(), case)
+    assert not any(k in REPLICA_KNOBS for flip in alternatives(Semantics()) for k in flip)
+    assert "replica_stats" not in Semantics().as_dict()  # a one-device layer's dict is as before
+    assert Semantics.from_dict(Semantics(replica_var="pairwise").as_dict()).replica_var == "pairwise"

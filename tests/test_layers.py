@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "bnspec.plan": 2, "bnspec.kernel": 2, "bnspec.adapter": 2, "bnspec.profiles": 2,
     # 3. arithmetic on the plan; the case generators; discovery
     "bnspec.reference": 3, "bnspec.oracle": 3, "bnspec.bounds": 3, "bnspec.tolerance": 3,
-    "bnspec.properties": 3, "bnspec.discovery": 3, "bnspec.probes": 3, "bnspec.accuracy": 3,
+    "bnspec.properties": 3, "bnspec.replicas": 3, "bnspec.discovery": 3, "bnspec.probes": 3, "bnspec.accuracy": 3,
     # 4. judging and explanation; workers; the known-divergence registry; the result cache; diff
     "bnspec.judging": 4, "bnspec.attribution": 4, "bnspec.worker": 4, "bnspec.observe": 4,
     "bnspec.known": 4, "bnspec.porting": 4, "bnspec.cache": 4,

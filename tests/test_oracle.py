@@ -295,3 +295,63 @@ def test_oracle_gradients_match_exact_finite_differences(profile, modes, frozen,
                 delta = Fraction(arr[c]) - Fraction(getattr(case, name)[c])
                 fd = (_loss(moved, sem, step) - _loss(case, sem, step)) / delta
                 assert abs(fd - q["d" + name][c]) <= Fraction(1, 2**100) * (1 + abs(fd)), (name, c)
+
+
+# -- cases with replicas (Case.replicas): the same comparisons, shard by shard --
+
+REPLICA_SEMANTICS = [
+    dict(),
+    dict(replica_stats="count_weighted", replica_running="synchronized"),
+    dict(replica_stats="equal_weighted", replica_running="mean", replica_grad="local"),
+    dict(replica_stats="count_weighted", replica_running="replica0", replica_count="local",
+         replica_param_grad="mean"),
+    dict(replica_stats="equal_weighted", replica_running="own"),
+]
+
+
+@pytest.mark.parametrize("profile", ["pytorch", "keras", "haiku", "equinox_ema"])
+@pytest.mark.parametrize("knobs", REPLICA_SEMANTICS, ids=lambda k: "-".join(f"{v}" for v in k.values()) or "default")
+def test_float64_reference_matches_the_oracle_across_replicas(profile: str, knobs: dict) -> None:
+    from bnspec.replicas import replica_case
+
+    sem = PROFILES[profile].semantics.replace(single_value="allowed", **knobs)
+    for i in range(6):
+        case = replica_case(np.random.default_rng(i), i, offset=[0.0, 30.0, 1e3][i % 3])
+        try:
+            expected = oracle(case, sem)
+        except (SingleValueError, UnsupportedFeature) as e:
+            with pytest.raises(type(e)):
+                reference(case, sem)
+            continue
+        observed = reference(case, sem)
+        for s, (o, e) in enumerate(zip(observed.steps, expected.steps, strict=True)):
+            for q in (*o.QUANTITIES, *o.REPLICA_QUANTITIES):
+                ov, ev = getattr(o, q), getattr(e, q)
+                assert (ov is None) == (ev is None), f"step {s} {q}: present in one only"
+                if ev is None:
+                    continue
+                # conditioning: the offset over the spread (1e3 at most), times 12 values
+                err = np.abs(ov - ev).max() / (np.abs(ev).max() + 1)
+                assert err <= K * U * 1e4, f"case {i} step {s} {q}: {err / U:.1f} u [{knobs}]"
+
+
+@pytest.mark.parametrize("knobs", [dict(replica_stats="count_weighted", replica_running="synchronized"),
+                                   dict(replica_stats="equal_weighted", replica_running="synchronized"),
+                                   dict(), dict(replica_running="own", train_stats="running")])
+def test_oracle_gradients_across_replicas_match_exact_finite_differences(knobs: dict) -> None:
+    """replica_grad=global: dx is the gradient of the whole batch's loss (each replica's summed)."""
+    sem = PROFILES["pytorch"].semantics.replace(single_value="allowed", **knobs)
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.5, 1.5, size=(5, 2))
+    case = make_case([x], grad_outputs=[rng.normal(size=(5, 2))], gamma=np.array([1.5, -0.75]),
+                     beta=np.array([0.25, 0.5]), eps=1e-2, momentum=0.25, replicas=(1, 3, 0, 1))
+    q = exact_steps(case, sem)[0]
+    xs = [[Fraction(v) for v in row] for row in _chan(x).tolist()]
+    for c in range(2):
+        for j in range(5):
+            plus = [row[:] for row in xs]
+            minus = [row[:] for row in xs]
+            plus[c][j] += H
+            minus[c][j] -= H
+            fd = (_loss(case, sem, 0, plus) - _loss(case, sem, 0, minus)) / (2 * H)
+            assert abs(fd - q["dx"][c][j]) <= Fraction(1, 2**60) * (1 + abs(fd)), (c, j)

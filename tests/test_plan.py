@@ -115,3 +115,18 @@ def test_dtypes_follow_the_numerics_knobs():
         state_dtype="promote_float32")).dtypes
     assert (d.compute, d.normalize, d.output, d.state, d.created) == (
         "float32", "float16", "float32", "float32", "float32")
+
+
+def test_replica_plan_gives_each_shard_its_samples_share_and_factors():
+    x = np.arange(6.0).reshape(6, 1)
+    case = make_case(x, replicas=(1, 3, 0, 2))
+    sem = Semantics(replica_stats="count_weighted", replica_running="own", single_value="allowed")
+    reps = make_plan(case, sem).steps[0].replicas
+    assert [(r.start, r.stop, r.n) for r in reps] == [(0, 1, 1), (1, 4, 3), (4, 4, 0), (4, 6, 2)]
+    assert [r.share for r in reps] == [Fraction(1, 6), Fraction(1, 2), 0, Fraction(1, 3)]
+    assert {r.sample_weight for r in reps if r.n} == {Fraction(1, 6)}  # by count: BN on the global batch
+    assert [r.update for r in reps] == ["local", "local", None, "local"]  # the empty one keeps its copy
+    assert [r.local_factor for r in reps] == [1, Fraction(3, 2), 1, 2]  # n = 1: single_value allowed
+    assert reps[1].combined_factor == Fraction(6, 5)
+    equal = make_plan(case, sem.replace(replica_stats="equal_weighted")).steps[0].replicas
+    assert [r.share for r in equal] == [Fraction(1, 3), Fraction(1, 3), 0, Fraction(1, 3)]

@@ -36,6 +36,18 @@ PINNED = {
 }
 
 
+# Every profile describes the layer alone: replicated, it keeps to its own shard (DDP without
+# SyncBatchNorm, flax without axis_name, Keras synchronized=False).
+REPLICA_DEFAULTS = dict(replica_stats="none", replica_var="two_pass", replica_running="own",
+                        replica_count="global", replica_grad="global", replica_param_grad="sum")
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_profile_keeps_the_replica_knobs_at_their_one_device_defaults(name):
+    sem = get_semantics(name)
+    assert {k: getattr(sem, k) for k in REPLICA_DEFAULTS} == REPLICA_DEFAULTS
+
+
 def test_every_profile_is_pinned_here():
     assert set(PINNED) == set(PROFILES)
 
