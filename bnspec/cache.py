@@ -120,16 +120,18 @@ def environment(python: str | None) -> list[Any]:
 
 def interpreters(adapter: Adapter) -> list[str | None]:
     """The interpreters an adapter's results depend on: this one (it judges, and runs a worker
-    without an interpreter of its own), the adapter's, and the sibling environments a conversion
-    path names by family (``envs/<family>/.venv``, beside the adapter's own)."""
+    without an interpreter of its own), the adapter's, and every environment a conversion path
+    names by family (a ``*_family`` field: torch_nobuco's runner, the chain's source), wherever
+    :func:`bnspec.envpaths.envs_root` puts them."""
+    from bnspec.envpaths import env_python
+
     found: list[str | None] = [None]
     if adapter.python is not None:
         found.append(adapter.python)
-        envs = Path(adapter.python).parents[3] if len(Path(adapter.python).parents) > 3 else None
-        for f in dataclasses.fields(adapter):
-            value = getattr(adapter, f.name)
-            if f.name.endswith("_family") and isinstance(value, str) and envs is not None:
-                found.append(str(envs / value / ".venv" / "bin" / "python"))
+    for f in dataclasses.fields(adapter):
+        value = getattr(adapter, f.name)
+        if f.name.endswith("_family") and isinstance(value, str):
+            found.append(str(env_python(value)))
     return list(dict.fromkeys(found))
 
 

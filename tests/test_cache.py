@@ -204,6 +204,26 @@ def test_a_changed_environment_listing_misses(tmp_path, cache_dir, monkeypatch):
     assert _misses(tmp_path / "second") == 6
 
 
+def test_an_environment_a_path_runs_part_of_its_work_in_is_in_the_key(tmp_path, monkeypatch):
+    # torch_nobuco's worker runs in this interpreter and converts in envs/nobuco (runner_family):
+    # an install there must miss like one here.
+    from bnspec.adapter import Adapter
+
+    @dataclasses.dataclass
+    class Runner(Adapter):
+        runner_family: str = "nobuco"
+
+    monkeypatch.setenv("BNSPEC_ENVS", str(tmp_path / "envs"))
+    adapter = Runner(name="runner", framework="bnspec", profile="pytorch")
+    nobuco = str(tmp_path / "envs" / "nobuco" / ".venv" / "bin" / "python")
+    assert cache.interpreters(adapter) == [None, nobuco]
+    site = tmp_path / "envs" / "nobuco" / ".venv" / "lib" / "python3.11" / "site-packages"
+    (site / "tensorflow_cpu-2.15.1.dist-info").mkdir(parents=True)
+    before = cache.environment(nobuco)
+    (site / "tensorflow_cpu-2.15.1.dist-info").rename(site / "tensorflow_cpu-2.16.0.dist-info")
+    assert cache.environment(nobuco) != before
+
+
 def test_the_environment_is_read_from_site_packages_without_importing(tmp_path):
     venv = tmp_path / "venv"
     site = venv / "lib" / "python3.99" / "site-packages"

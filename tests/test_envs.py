@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bnspec import envs
+from bnspec import envpaths, envs
 from bnspec.case import make_case
 from bnspec.discovery import load_adapter_ref
 from bnspec.worker import Worker
@@ -34,6 +34,7 @@ def no_location(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No BNSPEC_ENVS, no checkout, and a prefix that is no environment of bnspec's."""
     monkeypatch.delenv(envs.ENVS_VAR, raising=False)
     monkeypatch.setattr(envs, "checkout", lambda: None)
+    monkeypatch.setattr(envpaths, "checkout", lambda: None)
     monkeypatch.setattr(sys, "prefix", "/nonexistent/prefix")
     return monkeypatch
 

@@ -20,7 +20,7 @@ FOLDERS = {"bnspec": ROOT / "bnspec", "bnspec.adapters": ROOT / "adapters",
 LAYERS: dict[str, int] = {
     # 1. the vocabulary
     "bnspec.errors": 1, "bnspec.dtypes": 1, "bnspec.semantics": 1, "bnspec.case": 1,
-    "bnspec.records": 1, "bnspec.exact": 1,
+    "bnspec.records": 1, "bnspec.exact": 1, "bnspec.envpaths": 1,
     # 2. the plan; profiles; numerics kernels; the adapter protocol
     "bnspec.plan": 2, "bnspec.kernel": 2, "bnspec.adapter": 2, "bnspec.profiles": 2,
     # 3. arithmetic on the plan; the case generators; discovery

@@ -20,9 +20,9 @@ STATE_OUTPUTS = ("bnspec_new_running_mean", "bnspec_new_running_var")
 
 def env_python(family: str) -> str:
     """The interpreter of converter family ``family``, ``<root>/<family>/.venv/bin/python``, where
-    bnspec.envs.envs_root() is the root (``BNSPEC_ENVS``; a checkout's ``envs/``; the user data
+    bnspec.envpaths.envs_root() is the root (``BNSPEC_ENVS``; a checkout's ``envs/``; the user data
     folder) and ``bnspec envs create <family>`` builds it."""
-    from bnspec.envs import env_python as python_of
+    from bnspec.envpaths import env_python as python_of
 
     return str(python_of(family))
 
