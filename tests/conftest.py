@@ -47,6 +47,7 @@ import importlib.machinery
 import itertools
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -348,6 +349,22 @@ def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-
 @pytest.fixture(autouse=True)
 def _own_result_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BNSPEC_CACHE_DIR", str(tmp_path_factory.mktemp("bnspec-cache")))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_result_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A module-scoped fixture (a run shared by a module's tests) starts before any test's own
+    cache: it gets an empty one of the module's, not the session's, which other modules' runs fill
+    (test_report_browser's matrix read ↺ marks in CI, where the order of modules differed)."""
+    import os
+
+    before = os.environ.get("BNSPEC_CACHE_DIR")
+    os.environ["BNSPEC_CACHE_DIR"] = str(tmp_path_factory.mktemp("bnspec-module-cache"))
+    yield
+    if before is None:
+        os.environ.pop("BNSPEC_CACHE_DIR", None)
+    else:
+        os.environ["BNSPEC_CACHE_DIR"] = before
 
 
 _SLOW_UNMARKED: list[tuple[float, str]] = []
