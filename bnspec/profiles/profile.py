@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bnspec.errors import BnspecError, InvalidSemantics
-from bnspec.semantics import KNOBS, Semantics
+from bnspec.semantics import ALL_KNOBS, KNOBS, REPLICA_KNOBS, Semantics
 
 # Profile names appear in reports, file names and command lines.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -59,9 +59,16 @@ def validate(profile: Profile) -> None:
         raise InvalidProfile(
             f"{who} cites no source for knob(s) {missing}: every knob needs a citation (the doc "
             "page, or the file and function that decides it)")
-    unknown = sorted(set(cite) - set(KNOBS))
+    # the replica knobs (REPLICA_KNOBS) are cited where a profile sets one away from its default,
+    # a plain layer replicated as it is: what a data-parallel profile decides, it cites
+    default = Semantics()
+    uncited = [k for k in REPLICA_KNOBS if getattr(sem, k) != getattr(default, k)
+               and not (isinstance(cite.get(k), str) and cite[k].strip())]
+    if uncited:
+        raise InvalidProfile(f"{who} sets replica knob(s) {uncited} without citing a source")
+    unknown = sorted(set(cite) - set(ALL_KNOBS))
     if unknown:
-        raise InvalidProfile(f"{who} cites unknown knob(s) {unknown}; knobs are: {', '.join(KNOBS)}")
+        raise InvalidProfile(f"{who} cites unknown knob(s) {unknown}; knobs are: {', '.join(ALL_KNOBS)}")
     if not _str_dict(profile.state_names):
         raise InvalidProfile(f"{who}: state_names must map str to str (running_mean -> its name)")
 
