@@ -60,18 +60,10 @@ def _rank_main(rank: int, world: int, init_file: str, case: Case, out_dir: str) 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        from bnspec.adapters.torch import TORCH_MODULE
+
         dt = getattr(torch, case.dtype)
-        cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
-               5: torch.nn.BatchNorm3d}[case.rank]
-        bn: Any = cls(case.num_features, eps=case.eps, momentum=case.momentum, affine=case.affine).to(dt)
-        with torch.no_grad():
-            if case.affine:
-                assert case.gamma is not None and case.beta is not None
-                bn.weight.copy_(torch.from_numpy(np.asarray(case.gamma, dtype=np.float64)))
-                bn.bias.copy_(torch.from_numpy(np.asarray(case.beta, dtype=np.float64)))
-            bn.running_mean.copy_(torch.from_numpy(np.asarray(case.running_mean, dtype=np.float64)))
-            bn.running_var.copy_(torch.from_numpy(np.asarray(case.running_var, dtype=np.float64)))
-            bn.num_batches_tracked.fill_(case.counter)
+        bn: Any = TORCH_MODULE.build_module(case)  # the torch adapter's own layer, as the converters use
         model = torch.nn.parallel.DistributedDataParallel(bn)
         lo, hi = case.shards[rank]
         outs = []
