@@ -15,6 +15,7 @@ _ALL = Capabilities(
     frozen=True,
     untracked=True,
     counter=True,
+    replicas=True,
     notes="the exact float64 semantics of the declared profile",
 )
 

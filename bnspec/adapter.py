@@ -36,6 +36,9 @@ class Capabilities:
     eval_steps: bool = True
     train_steps: bool = True
     momentum_values: str = "any"  # "any" | "fixed:<value>" for ops without a momentum
+    # a data-parallel engine: runs a case whose batches split into replica shards (Case.replicas),
+    # one process or device per replica. A single-device adapter runs no such case.
+    replicas: bool = False
     notes: str = ""
 
 
@@ -112,6 +115,8 @@ class Adapter:
             raise UnsupportedFeature("track_running_stats=False")
         if case.counter and not cap.counter and counter_matters(case, self.declared_profile().semantics):
             raise UnsupportedFeature(f"an update counter of {case.counter} before the first step")
+        if case.replicas is not None and not cap.replicas:
+            raise UnsupportedFeature("replicas: a single-device layer, no data-parallel engine")
         if any(s.mode == "eval" for s in case.steps) and not cap.eval_steps:
             raise UnsupportedFeature("eval steps")
         if any(s.mode == "train" for s in case.steps) and not cap.train_steps:

@@ -58,5 +58,7 @@ class FrameworkError(BnspecError):
     def of(cls, exc: BaseException) -> FrameworkError:
         """What a framework raised, as data: its type's name and the first line of its message
         (the worker process and an in-process run report it alike)."""
+        if isinstance(exc, FrameworkError):  # already data (a rank's error relayed by its adapter)
+            return exc
         lines = str(exc).strip().splitlines()
         return cls(type(exc).__name__, lines[0][:500] if lines else "")

@@ -192,8 +192,9 @@ def _replica_steps(case: Case, plan: Plan, x_override: dict[int, Channels] | Non
                 gq = g[ch][cut]
                 g_sum = sum(gq, Fraction(0))
                 g_dev = _sum(gv * (v - mean_s[ch]) for gv, v in zip(gq, x[ch][cut], strict=True))
-                dgamma[ch] = _add(dgamma[ch], _mul(r, g_dev))
-                dbeta[ch] = dbeta[ch] + g_sum
+                if rules.param_grad != "local" or rp.index == 0:
+                    dgamma[ch] = _add(dgamma[ch], _mul(r, g_dev))
+                    dbeta[ch] = dbeta[ch] + g_sum
                 dx[ch][cut] = [_add(d, _mul(_mul(gm, r), gv)) for d, gv in zip(dx[ch][cut], gq, strict=True)]
                 if rp.depends is None:
                     continue

@@ -210,6 +210,86 @@ def affine_off(rng: np.random.Generator, i: int) -> Case:
                      beta=None, eps=1e-5, momentum=0.1, dtype="float32", label="affine=False")
 
 
+# -- data-parallel: every step's global batch split into replica shards (Case.replicas) --
+
+def _spatial(rng: np.random.Generator, rank: int) -> tuple[int, ...]:
+    return tuple(int(rng.integers(2, 4)) for _ in range(rank - 2))
+
+
+def _split(rng: np.random.Generator, kind: str) -> tuple[int, ...]:
+    """Shard sizes of ``kind``: even (2-4 replicas of 2-3 samples), uneven (2-4 replicas of
+    different sizes, 2-6 each: an uneven last batch), one_sample (one replica holds a single
+    sample: one value per channel locally at rank 2, while the global batch is large), empty
+    (one replica holds none)."""
+    r = int(rng.integers(2, 5))
+    if kind == "even":
+        return (int(rng.integers(2, 4)),) * r
+    sizes = [int(k) for k in rng.integers(2, 7, size=r)]
+    while len(set(sizes)) == 1:
+        sizes[int(rng.integers(0, r))] = int(rng.integers(2, 7))
+    if kind in ("one_sample", "empty"):
+        sizes[int(rng.integers(0, r))] = 1 if kind == "one_sample" else 0
+    return tuple(sizes)
+
+
+def _replicated(rng: np.random.Generator, prop: str, i: int, kind: str, *, steps: int = 2, loc: float = 0.0,
+                scale: float = 1.0, dtype: str = "float64", grads: bool = False, momentum: float | None = None,
+                label: str) -> Case:
+    """``steps`` training steps on one split, then an eval step: each replica's running copy has
+    a trajectory to diverge along, and the eval step reads what survived."""
+    split = _split(rng, kind)
+    shape = (sum(split), int(rng.integers(1, 4)), *_spatial(rng, _rank(prop, i)))
+    xs = [_batch(rng, shape, loc, scale) for _ in range(steps + 1)]
+    modes: list[Mode] = ["train"] * steps + ["eval"]
+    return make_case(xs, modes=modes, grad_outputs=[rng.normal(0, 1, shape) if grads else None for _ in xs],
+                     **_params(rng, shape[1]), running_mean=rng.normal(loc, 1.0, shape[1]),
+                     running_var=rng.uniform(0.5, 2.0, shape[1]), eps=1e-3,
+                     momentum=_momentum(rng) if momentum is None else momentum, dtype=dtype, replicas=split,
+                     label=f"{label}, shards {split}")
+
+
+def replicas_even(rng: np.random.Generator, i: int) -> Case:
+    return _replicated(rng, "replicas_even", i, "even", label="an even split")
+
+
+def replicas_uneven(rng: np.random.Generator, i: int) -> Case:
+    # uneven shards are where count-weighted and equal-weighted statistics part
+    return _replicated(rng, "replicas_uneven", i, "uneven", label="an uneven split")
+
+
+def replicas_one_sample(rng: np.random.Generator, i: int) -> Case:
+    return _replicated(rng, "replicas_one_sample", i, "one_sample", label="one replica holds a single sample")
+
+
+def replicas_empty(rng: np.random.Generator, i: int) -> Case:
+    return _replicated(rng, "replicas_empty", i, "empty", label="one replica holds no sample")
+
+
+# The next three alternate an uneven split (even examples) with an even one (odd examples): an
+# implementation that takes equal shards only (no mask) is still checked on every one of them.
+def _alternating(i: int) -> str:
+    return "uneven" if i % 2 == 0 else "even"
+
+
+def replicas_large_offset(rng: np.random.Generator, i: int) -> Case:
+    offset = float(rng.choice([1e3, 1e4]))
+    return _replicated(rng, "replicas_large_offset", i, _alternating(i), loc=offset, dtype="float32",
+                       label=f"mean/std ~ {offset:g} in float32 on an {_alternating(i)} split: a one-pass "
+                       "combined variance cancels")
+
+
+def replicas_steps(rng: np.random.Generator, i: int) -> Case:
+    # replica 0's copy broadcast, each replica's own, or synchronized copies part a little each step
+    return _replicated(rng, "replicas_steps", i, _alternating(i), steps=24, loc=2.0, scale=1.5, momentum=0.1,
+                       label=f"24 training steps on an {_alternating(i)} split (each replica's running "
+                       "statistics), then eval")
+
+
+def replicas_gradients(rng: np.random.Generator, i: int) -> Case:
+    return _replicated(rng, "replicas_gradients", i, _alternating(i), loc=1.0, scale=2.0, grads=True,
+                       label=f"dx, dgamma, dbeta on an {_alternating(i)} split, in train and eval mode")
+
+
 PROPERTIES: dict[str, Property] = {
     p.name: p
     for p in [
@@ -228,6 +308,15 @@ PROPERTIES: dict[str, Property] = {
         Property("special_values", "NaN and Inf propagation", special_values),
         Property("affine_off", "no gamma and beta", affine_off),
         Property("untracked", "track_running_stats=False (no running statistics)", untracked),
+        Property("replicas_even", "data-parallel: an even split across replicas", replicas_even),
+        Property("replicas_uneven", "data-parallel: an uneven split (count vs equal weights)", replicas_uneven),
+        Property("replicas_one_sample", "data-parallel: a replica with one sample", replicas_one_sample),
+        Property("replicas_empty", "data-parallel: a replica with no sample", replicas_empty),
+        Property("replicas_large_offset", "data-parallel: float32 far from zero (one-pass combined variance)",
+                 replicas_large_offset),
+        Property("replicas_steps", "data-parallel: running statistics across replicas over 24 steps",
+                 replicas_steps),
+        Property("replicas_gradients", "data-parallel: dx, dgamma, dbeta across replicas", replicas_gradients),
     ]
 }
 

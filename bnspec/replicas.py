@@ -182,8 +182,9 @@ def _gradients(res: StepResult, case: Case, g: np.ndarray, sp: StepPlan, plan: P
         gq, xq = g[sl], x[sl]
         g_sum = gq.sum(axis=axes, keepdims=True)
         g_dev = (gq * (xq - mean_s)).sum(axis=axes, keepdims=True)
-        dgamma += _flat(r * g_dev)
-        dbeta += _flat(g_sum)
+        if rules.param_grad != "local" or rp.index == 0:
+            dgamma += _flat(r * g_dev)
+            dbeta += _flat(g_sum)
         dx[sl] += gamma * r * gq
         if rp.depends is None:
             continue
@@ -217,8 +218,8 @@ def uneven_split(n: int, replicas: int, rng: np.random.Generator) -> tuple[int, 
 def replica_case(rng: np.random.Generator, i: int, *, replicas: int | None = None, dtype: str = "float64",
                  offset: float = 0.0, grads: bool = True) -> Case:
     """A training-then-eval trajectory whose batches split across 2-4 replicas, unevenly for odd
-    ``i`` (a one-sample or empty shard among them), with gradients. Not a default property:
-    ``bnspec run`` has no adapter that runs replicas yet."""
+    ``i`` (a one-sample or empty shard among them), with gradients: the tests' cases (the
+    properties are bnspec.properties' replicas_*)."""
     r = replicas or int(rng.integers(2, 5))
     n = int(rng.integers(r + 1, 3 * r + 2))
     c = int(rng.integers(1, 4))
@@ -396,13 +397,20 @@ def _shard_outputs(b: Bounds, bounds: dict[str, Bound], step: Step, sp: StepPlan
         head = pieces[0][1]
         bounds[q] = _full(x.shape, sp, absolute, scale, nonfinite, alt, head)
     mean_of = 1.0 / rules.count if rules.param_grad == "mean" else 1.0
+    first = sp.replicas[0]
+    summed = parts if rules.param_grad != "local" else [
+        (sl, o) for sl, o in parts if first.n and sl.start == first.start]  # replica 0's own share
     for q in ("dgamma", "dbeta"):
         if q in parts[0][1]:
             head = parts[0][1][q]
-            absolute = np.sum([o[q].absolute for _, o in parts], axis=0)
-            magnitude = np.sum([o[q].scale for _, o in parts], axis=0)
+            if not summed:  # replica 0 is empty: its share is exactly 0
+                bounds[q] = Bound(np.zeros_like(head.absolute), np.zeros_like(head.scale), head.unit, head.dtype)
+                continue
+            absolute = np.sum([o[q].absolute for _, o in summed], axis=0)
+            magnitude = np.sum([o[q].scale for _, o in summed], axis=0)
             # the replicas' sums added (an all-reduce: log2(2R) roundings)
-            bounds[q] = Bound(mean_of * (absolute + b.u_c * math.log2(2 * rules.count) * magnitude),
+            reduce_roundings = math.log2(2 * (rules.count if rules.param_grad != "local" else 1))
+            bounds[q] = Bound(mean_of * (absolute + b.u_c * reduce_roundings * magnitude),
                               mean_of * magnitude, head.unit, head.dtype)
 
 

@@ -31,7 +31,7 @@ ReplicaVar = Literal["two_pass", "one_pass", "pairwise"]
 ReplicaRunning = Literal["own", "synchronized", "replica0", "mean"]
 ReplicaCount = Literal["global", "local"]
 ReplicaGrad = Literal["global", "local"]
-ReplicaParamGrad = Literal["sum", "mean"]
+ReplicaParamGrad = Literal["sum", "mean", "local"]
 
 
 KnobKind = Literal["semantics", "numerics"]
@@ -271,9 +271,11 @@ REPLICA_KNOBS: dict[str, Knob] = {
         ),
         Knob(
             "replica_param_grad",
-            "dgamma and dbeta of the global batch: the replicas' summed (sum) or averaged over "
-            "the R replicas (mean: DDP's gradient all-reduce divides by the world size)",
-            ("sum", "mean"),
+            "dgamma and dbeta as replica 0 holds them after the backward pass: the replicas' "
+            "summed (sum), averaged over the R replicas (mean: DDP's gradient all-reduce divides "
+            "by the world size), or replica 0's own shard's share, reduced by nothing (local: "
+            "jax.pmap's gradient of a per-device loss before any psum)",
+            ("sum", "mean", "local"),
             not_probed=_NO_REPLICA_PROBE,
         ),
     ]

@@ -32,10 +32,13 @@ from bnspec.worker import Worker
 BUDGET = 20  # adapter calls per shrink: each is a framework call (and, for JAX, a compile)
 
 
-def reduce(case: Case, first: int, count: int, n: int, c: int, spatial: tuple[int, ...]) -> Case:
+def reduce(case: Case, first: int, count: int, n: int | tuple[int, ...], c: int, spatial: tuple[int, ...]) -> Case:
     """The case restricted to steps[first:first+count], samples [:n], channels [:c] and each
-    spatial extent's prefix."""
-    index = (slice(0, n), slice(0, c), *(slice(0, s) for s in spatial))
+    spatial extent's prefix. A case with replicas takes ``n`` per replica: the first len(n)
+    replicas, each its shard's first n[r] samples (the split shrinks with the batch)."""
+    rows: slice | np.ndarray = slice(0, n) if isinstance(n, int) else np.concatenate(
+        [np.arange(lo, lo + k) for (lo, _), k in zip(case.shards, n, strict=False)]).astype(int)
+    index = (rows, slice(0, c), *(slice(0, s) for s in spatial))
 
     def cut(a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a[index[: a.ndim]])
@@ -46,6 +49,8 @@ def reduce(case: Case, first: int, count: int, n: int, c: int, spatial: tuple[in
     )
     per_channel = {k: (None if getattr(case, k) is None else getattr(case, k)[:c])
                    for k in ("gamma", "beta", "running_mean", "running_var")}
+    if not isinstance(n, int):
+        per_channel["replicas"] = tuple(n)
     return case.replace(steps=steps, **per_channel)
 
 
@@ -102,7 +107,14 @@ def shrink(case: Case, still_fails: Callable[[Case], bool], budget: int = BUDGET
     def reductions(draw: Any) -> Case:
         first = draw(st.integers(0, steps - 1), label="first step")
         count = draw(st.integers(1, steps - first), label="steps kept")
-        return reduce(case, first, count, draw(st.integers(1, n), label="samples"),
+        samples: int | tuple[int, ...]
+        if case.replicas is None:
+            samples = draw(st.integers(1, n), label="samples")
+        else:  # fewest replicas, smallest shards (an empty shard stays empty)
+            kept = draw(st.integers(1, len(case.replicas)), label="replicas kept")
+            samples = tuple(draw(st.integers(min(1, k), k), label=f"replica {r} samples")
+                            for r, k in enumerate(case.replicas[:kept]))
+        return reduce(case, first, count, samples,
                       draw(st.integers(1, c), label="channels"),
                       tuple(draw(st.integers(1, s), label=f"spatial {i}") for i, s in enumerate(spatial)))
 

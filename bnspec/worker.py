@@ -35,7 +35,9 @@ DEFAULT_ENV = {
     "TF_NUM_INTEROP_THREADS": "1",
     "ORT_NUM_THREADS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "3",
-    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    # every token a --flag: XLA's parser silently drops whatever follows a bare one (a bare
+    # "intra_op_parallelism_threads=1" here once hid the host device count appended after it)
+    "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
     "JAX_PLATFORMS": "cpu",
     "CUDA_VISIBLE_DEVICES": "",
     "PYTHONWARNINGS": "ignore",

@@ -82,6 +82,8 @@ MARKS: dict[str, tuple[str, ...]] = {
     # every probe through a real framework's worker: 20-120 s each on 2 cores
     "tests/test_fingerprint.py::test_real_adapter_fingerprint_agrees_with_its_profile*": ("slow",),
     "tests/test_robustness.py::test_a_run_killed_with_sigkill_*": ("slow",),
+    # the real engine over four replicas_* properties, attribution included: ~20 s each
+    "tests/test_replica_wrong_implementations.py::*": ("slow",),
 }
 _IMPORTERS = frozenset({"importorskip", "find_spec", "import_module", "__import__"})
 _REF = re.compile(r"bnspec\.adapters\.[\w.]+:\w+")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnspec.adapters.torch_ddp import PYTORCH_DDP
 from bnspec.case import make_case
 from bnspec.errors import UnsupportedFeature
 from bnspec.profiles.profile import validate
+from bnspec.profiles.torch_data_parallel import PYTORCH_DDP
 from bnspec.replicas import replica_case
 from bnspec.tolerance import compare
 from tests.harness import run

@@ -119,6 +119,33 @@ def test_local_gradients_ignore_the_other_replicas_loss():
     assert _one(averaged, "dbeta")[0] == 0.5 and _one(glob, "dbeta")[0] == 1.0
 
 
+def test_local_parameter_gradients_are_replica_0s_own_share():
+    # dy = 1 everywhere: dbeta is each replica's count of values; replica 0 holds 2 of the 4
+    g = np.ones((4, 1))
+    summed = oracle(_case(grad_outputs=[g]), SYNC)
+    own = oracle(_case(grad_outputs=[g]), SYNC.replace(replica_param_grad="local"))
+    assert _one(summed, "dbeta")[0] == 4.0 and _one(own, "dbeta")[0] == 2.0
+    np.testing.assert_allclose(_one(reference(_case(grad_outputs=[g]), SYNC.replace(replica_param_grad="local")),
+                                    "dbeta"), [2.0])
+    empty_first = oracle(_case(grad_outputs=[g], replicas=(0, 4)), SYNC.replace(replica_param_grad="local"))
+    assert _one(empty_first, "dbeta")[0] == 0.0  # replica 0 holds nothing: its share is 0
+    case = _case(grad_outputs=[g])
+    assert compare(case, SYNC.replace(replica_param_grad="local"), own).ok
+    assert not compare(case, SYNC, own).ok
+
+
+def test_a_replica_case_shrinks_to_fewer_replicas_and_smaller_shards():
+    from bnspec.shrink import reduce, shrink
+
+    case = generate("replicas_uneven", 0, 1)
+    cut = reduce(case, 0, 1, (1, 2), 1, ())
+    assert cut.replicas == (1, 2) and cut.steps[0].x.shape[0] == 3
+    lo = case.shards[1][0]
+    np.testing.assert_array_equal(cut.steps[0].x[1:, 0], case.steps[0].x[lo:lo + 2, 0])
+    small = shrink(case, lambda k: k.replicas is not None and len(k.replicas) >= 2 and sum(k.replicas) >= 3)
+    assert small.replicas is not None and len(small.replicas) == 2 and sum(small.replicas) == 3
+
+
 def test_one_pass_combined_variance_cancels_at_a_large_offset_in_float32():
     x = (1e4 + np.array([1.0, -1.0, 1.0, -1.0])).reshape(4, 1)  # variance 1; E[x^2] = 1e8 + 1
     case = _case(x, dtype="float32")
@@ -145,6 +172,9 @@ def test_replica_splits_are_validated_in_one_line():
 def test_one_device_cases_serialize_and_plan_as_before():
     for prop in PROPERTIES:
         case = generate(prop, 0, 0)
+        if prop.startswith("replicas_"):
+            assert case.replicas is not None
+            continue
         assert "replicas" not in case.to_dict()
         try:
             plan = make_plan(case, PYTORCH)

@@ -65,10 +65,24 @@ _BUILTIN_SOURCE = ProfileSource("bnspec")
 @lru_cache(maxsize=1)
 def builtin_profiles() -> dict[str, Profile]:
     """bnspec's own profiles, one module per framework family, in this order."""
-    from bnspec.profiles import equinox, flax, haiku, keras, onnx, onnx_reference, paper, tensorflow, torch
+    from bnspec.profiles import (
+        equinox,
+        flax,
+        haiku,
+        jax_data_parallel,
+        keras,
+        onnx,
+        onnx_reference,
+        paper,
+        tensorflow,
+        tf_data_parallel,
+        torch,
+        torch_data_parallel,
+    )
 
     found: dict[str, Profile] = {}
-    for module in (torch, keras, tensorflow, flax, haiku, equinox, onnx, onnx_reference, paper):
+    for module in (torch, keras, tensorflow, flax, haiku, equinox, onnx, onnx_reference, paper,
+                   torch_data_parallel, jax_data_parallel, tf_data_parallel):
         for profile in module.PROFILES:
             if profile.name in found:
                 raise ValueError(f"profile {profile.name!r} is defined twice")
