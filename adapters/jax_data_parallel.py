@@ -27,8 +27,8 @@ haiku and equinox have no mask: uneven or empty shards are not applicable there.
 carries the map's manual mesh and the fresh constant none. EQUINOX_EMA_PMAP shows it;
 EQUINOX_EMA_VMAP runs the replicas as a named ``jax.vmap`` axis on one device instead.
 
-Issue 15: not yet entry points; ``--adapter-path bnspec.adapters.jax_data_parallel:FLAX_LINEN_PMAP``
-runs one. The framework code is in jax_data_parallel_flax.py and jax_data_parallel_haiku_equinox.py.
+Entry points (flax_linen_pmap, ...), run on the replicas_* properties. The framework code is in
+jax_data_parallel_flax.py and jax_data_parallel_haiku_equinox.py.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 
 from bnspec.errors import BnspecError
 from bnspec.records import Explanation, Status
-from bnspec.semantics import KNOBS, READINGS
+from bnspec.semantics import ALL_KNOBS, READINGS
 
 _KINDS = tuple(s.value for s in Status if s.is_nonconformance)
 _KEYS = {"id", "adapter", "properties", "knob", "explanation", "match", "kind", "reason", "link", "examples"}
@@ -156,7 +156,7 @@ def _explanations(e: dict[str, Any], where: str) -> tuple[frozenset[str], ...]:
             raise InvalidRegistry(f"{where}: each explanation is a non-empty list of 'knob' or 'knob=value' strings")
         for term in group:
             name = term.split("=", 1)[0]
-            if name not in KNOBS and name not in READINGS:
+            if name not in ALL_KNOBS and name not in READINGS:
                 raise InvalidRegistry(f"{where} names unknown knob {name!r}")
         out.append(frozenset(group))
     return tuple(out)

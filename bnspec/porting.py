@@ -18,7 +18,7 @@ from bnspec.case import make_case
 from bnspec.errors import BnspecError
 from bnspec.profiles import Profile, profile_source, resolve
 from bnspec.reference import reference
-from bnspec.semantics import KNOBS, SETTABLE_KNOBS, Semantics
+from bnspec.semantics import ALL_KNOBS, REPLICA_KNOBS, SETTABLE_KNOBS, Semantics
 
 _TYPICAL_STEPS = 10
 
@@ -40,8 +40,14 @@ def _typical_case(steps: int) -> Any:
 
 
 def measure(src: Semantics, knob: str, value: Any, steps: int = _TYPICAL_STEPS) -> dict[str, float]:
-    """Largest relative change of each quantity when ``knob`` alone takes ``value``."""
-    case = _typical_case(steps)
+    """Largest relative change of each quantity when ``knob`` alone takes ``value`` (a replica
+    knob: on bnspec.replicas.typical_case, an uneven split over 24 steps)."""
+    if knob in REPLICA_KNOBS:
+        from bnspec.replicas import typical_case
+
+        case, steps = typical_case(), 24
+    else:
+        case = _typical_case(steps)
     changed = src.replace(**{knob: value})
     try:
         a, b = reference(case, src), reference(case, changed)
@@ -107,7 +113,9 @@ class Guide:
 
 
 def _cites(knobs: tuple[str, ...], *profiles: Profile) -> tuple[Citation, ...]:
-    return tuple(Citation(p.name, k, getattr(p.semantics, k), p.cite[k]) for p in profiles for k in knobs)
+    # a replica knob a profile leaves at its default (a layer replicated as it is) has no citation
+    none = "(not set: a plain layer replicated as it is)"
+    return tuple(Citation(p.name, k, getattr(p.semantics, k), p.cite.get(k, none)) for p in profiles for k in knobs)
 
 
 def guide(src_profile: str | Profile, dst_profile: str | Profile) -> Guide:
@@ -129,10 +137,10 @@ def guide(src_profile: str | Profile, dst_profile: str | Profile) -> Guide:
     names = sorted(set(src.state_names) | set(dst.state_names))
     state = tuple((k, src.state_names.get(k, "-"), dst.state_names.get(k, "-")) for k in names)
     residuals = []
-    for k in KNOBS:
+    for k in ALL_KNOBS:  # the replica knobs too: what changes when the batch is split
         if k in SETTABLE_KNOBS or getattr(s, k) == getattr(d, k):
             continue
-        kind = KNOBS[k].kind
+        kind = ALL_KNOBS[k].kind
         sizes = measure(s, k, getattr(d, k)) if kind == "semantics" else {}
         sizes = {lab: v for lab, v in sizes.items() if isinstance(v, float) and v == v}
         residuals.append(Residual(k, getattr(s, k), getattr(d, k), kind, sizes, _cites((k,), src, dst)))
@@ -187,7 +195,8 @@ def render(g: Guide) -> str:
     if not g.residuals:
         lines.append("  none: with the settings above the two agree exactly")
     for r in g.residuals:
-        lines.append(f"  {r.knob}: {r.src_value!r} -> {r.dst_value!r}  ({r.kind}; {KNOBS[r.knob].doc})")
+        where = " on the typical uneven split (8, 5, 3), 24 steps" if r.knob in REPLICA_KNOBS else ""
+        lines.append(f"  {r.knob}: {r.src_value!r} -> {r.dst_value!r}  ({r.kind}{where}; {ALL_KNOBS[r.knob].doc})")
         if r.sizes:
             lines.append("      relative change: " + ", ".join(f"{lab} {v:.3g}" for lab, v in r.sizes.items()))
         elif r.kind == "numerics":

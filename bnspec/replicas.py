@@ -21,7 +21,7 @@ from bnspec.dtypes import np_dtype
 from bnspec.plan import Plan, ReplicaPlan, StepPlan
 from bnspec.reference import EXACT, _Arith, _batch_stats, _blend, _bshape, _flat, _inv_std, _normalize, _read
 
-__all__ = ["build_replica_bounds", "replica_case", "run_replicas", "uneven_split"]
+__all__ = ["build_replica_bounds", "replica_case", "run_replicas", "typical_case", "uneven_split"]
 
 
 def _combine(shards: list[np.ndarray], rps: tuple[ReplicaPlan, ...],
@@ -241,6 +241,16 @@ def replica_case(rng: np.random.Generator, i: int, *, replicas: int | None = Non
         running_mean=rng.normal(offset, 1.0, c), running_var=rng.uniform(0.5, 2.0, c),
         eps=1e-3, momentum=0.25, dtype=dtype, replicas=split, label=f"replicas[{i}]",
     )
+
+
+def typical_case() -> Case:
+    """The split the porting guide and the reports size replica differences on: 3 replicas of 8,
+    5 and 3 samples (a last batch short), 2 channels of 3 values, 24 training steps, then eval."""
+    rng = np.random.default_rng(15)
+    split = (8, 5, 3)
+    xs = [rng.normal(2.0, 1.5, (sum(split), 2, 3)) * np.array([1.0, 3.0]).reshape(1, 2, 1) for _ in range(25)]
+    return make_case(xs, modes=["train"] * 24 + ["eval"], momentum=0.1, eps=1e-5, replicas=split,
+                     gamma=np.ones(2), beta=np.zeros(2), label="typical uneven split (8, 5, 3)")
 
 
 # -- bounds --

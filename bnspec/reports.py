@@ -122,8 +122,23 @@ def _md(s: Any) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
+def matrix(summary: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The main matrix's properties and adapters: the one-device properties, and the adapters
+    that ran one of them (the replicas_* cells are the Data-parallel section's); every property
+    and adapter where the run had no one-device property."""
+    from bnspec.data_parallel import one_device_properties, ran_any
+
+    props = one_device_properties(summary["properties"])
+    if not props:
+        return summary["properties"], summary["adapters"]
+    shown = [a for a in summary["adapters"] if ran_any(a, props) or not a["cells"]]
+    return props, shown or summary["adapters"]
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    props = summary["properties"]
+    from bnspec import data_parallel
+
+    props, adapters = matrix(summary)
     lines = [
         "# bnspec conformance report",
         "",
@@ -138,12 +153,13 @@ def markdown(summary: dict[str, Any]) -> str:
         "| adapter | version | declared profile | " + " | ".join(props) + " |",
         "|---|---|---|" + "---|" * len(props),
     ]
-    for a in summary["adapters"]:
+    for a in adapters:
         row = [a["name"], a.get("framework_version") or "not installed", a["declared_profile"]]
         row += [cell_text(c) + cached_mark(c, summary["examples"]) if (c := a["cells"].get(p)) else "" for p in props]
         lines.append("| " + " | ".join(_md(c) for c in row) + " |")
     if cached_text(summary):
         lines += ["", cached_text(summary)]
+    lines += data_parallel.markdown(summary, cell_text, cached_mark, _md)
     for title, want_known in (("New findings", False), ("Known divergences", True)):
         lines += ["", f"## {title}", ""]
         found = [(a, nc) for a in summary["adapters"] for nc in a["non_conformances"]
@@ -418,9 +434,15 @@ def html(summary: dict[str, Any]) -> str:
         loader=jinja2.PackageLoader("bnspec", "templates"), autoescape=True,
         trim_blocks=True, lstrip_blocks=True,
     )
+    from bnspec import data_parallel
+
     declared = sorted({a["declared_profile"] for a in summary["adapters"]} | {summary["baseline"]})
+    props, adapters = matrix(summary)
     return env.get_template("report.html.j2").render(
-        s=summary, cell_text=cell_text, cached_mark=cached_mark, cached_text=cached_text(summary),
+        s=summary, matrix_properties=props, matrix_adapters=adapters,
+        replica_properties=data_parallel.replica_properties(summary["properties"]),
+        replica_rows=data_parallel.rows(summary), typical=data_parallel.typical_case().label,
+        pct=data_parallel.percent, cell_text=cell_text, cached_mark=cached_mark, cached_text=cached_text(summary),
         conversion_cell=conversion_cell, fidelity=fidelity,
         conversion_columns=CONVERSION_COLUMNS, accuracy_rows=accuracy_rows(summary),
         finding_explanation=finding_explanation,
@@ -440,16 +462,20 @@ def knob_table(profiles: list[str]) -> list[dict[str, Any]]:
     """Per knob: its doc line and, per profile, its value and the citation that decides it
     ("?" for a profile this installation does not know)."""
     from bnspec.profiles import PROFILES
+    from bnspec.semantics import REPLICA_KNOBS, Semantics
 
+    known = [PROFILES[p] for p in profiles if p in PROFILES]
+    default = Semantics()
+    replica = [k for k in REPLICA_KNOBS if any(getattr(p.semantics, k) != getattr(default, k) for p in known)]
     rows = []
-    for k in KNOBS:
+    for k in [*KNOBS, *replica]:  # the replica knobs where a profile here sets one (data-parallel)
         values = []
         for p in profiles:
             if p in PROFILES:
                 values.append({"value": repr(getattr(PROFILES[p].semantics, k)), "cite": PROFILES[p].cite.get(k, "")})
             else:
                 values.append({"value": "?", "cite": ""})
-        rows.append({"knob": k, "doc": KNOBS[k].doc, "values": values})
+        rows.append({"knob": k, "doc": (KNOBS.get(k) or REPLICA_KNOBS[k]).doc, "values": values})
     return rows
 
 

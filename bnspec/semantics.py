@@ -218,11 +218,11 @@ KNOBS: dict[str, Knob] = {
 
 # The knobs of data-parallel training: how R replicas, each holding a shard of a step's global
 # batch (Case.replicas), combine what they compute. Only a case with replicas observes them; on
-# one device (Case.replicas None) every value is one-device BatchNorm. Kept apart from KNOBS
-# until the adapters that run real replicas exist (profiles cite KNOBS, the fingerprint and the
-# report's knob table list them): attribution flips them on a case with replicas only.
-_NO_REPLICA_PROBE = ("no fingerprint probe runs replicas yet (needs a multi-device adapter: torch "
-                     "DDP, JAX axis_name, tf.distribute)")
+# one device (Case.replicas None) every value is one-device BatchNorm. Kept apart from KNOBS:
+# a one-device profile need not cite them (a data-parallel profile cites each one it sets), the
+# fingerprint does not probe them, and attribution flips them on a case with replicas only.
+_NO_REPLICA_PROBE = ("the fingerprint's probes run one device; a replica knob is decided by the replicas_* "
+                     "properties on a data-parallel adapter (bnspec run), not yet by a probe")
 REPLICA_KNOBS: dict[str, Knob] = {
     k.name: k
     for k in [

@@ -301,8 +301,11 @@ def _framework_adapters() -> list[str]:
     from importlib import metadata
 
     eps = metadata.entry_points(group="bnspec.adapters")
+    # nor the data-parallel ones: a probe is a one-device case, which they do not run
+    skip = ("bnspec.adapters.converters", "bnspec.adapters.torch_ddp", "bnspec.adapters.jax_data_parallel",
+            "bnspec.adapters.tf_data_parallel")
     return sorted(ep.name for ep in eps if ep.name in adapter_names() and ep.name != "reference"
-                  and not ep.value.startswith("bnspec.adapters.converters"))
+                  and not ep.value.startswith(skip))
 
 
 _REAL = _framework_adapters()

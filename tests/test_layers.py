@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "bnspec.engine": 5, "bnspec.summary": 5, "bnspec.running": 5, "bnspec.fingerprint": 5,
     "bnspec.shrink": 5,
     # 6. reports, the CLI and the pytest plugin (and the package's re-exports)
-    "bnspec": 6, "bnspec.reports": 6, "bnspec.merge": 6, "bnspec.repro": 6, "bnspec.cli": 6,
+    "bnspec": 6, "bnspec.reports": 6, "bnspec.data_parallel": 6, "bnspec.merge": 6, "bnspec.repro": 6, "bnspec.cli": 6,
     "bnspec.__main__": 6, "bnspec.conformance": 6, "bnspec.envs": 6,
     # 7. the implementations: nothing in bnspec imports an adapter (discovery loads them by name)
     "bnspec.adapters": 7,

@@ -48,8 +48,35 @@ def test_profile_keeps_the_replica_knobs_at_their_one_device_defaults(name):
     assert {k: getattr(sem, k) for k in REPLICA_DEFAULTS} == REPLICA_DEFAULTS
 
 
+# The data-parallel profiles: the replica knobs each one decides (tests/test_adapter_*data_parallel.py
+# and test_adapter_torch_ddp.py confirm them by running the framework).
+DATA_PARALLEL = {
+    "pytorch_ddp": dict(replica_stats="none", replica_running="replica0", replica_param_grad="mean"),
+    "pytorch_sync": dict(replica_stats="count_weighted", replica_var="pairwise", replica_running="synchronized"),
+    "flax_linen_axis": dict(replica_stats="equal_weighted", replica_var="one_pass", replica_param_grad="local"),
+    "flax_linen_axis_shard_map": dict(replica_stats="equal_weighted", replica_param_grad="sum"),
+    "flax_linen_two_pass_axis": dict(replica_stats="equal_weighted", replica_var="two_pass"),
+    "flax_nnx_axis": dict(replica_stats="equal_weighted", replica_running="synchronized"),
+    "haiku_cross_replica": dict(replica_stats="equal_weighted", replica_var="one_pass"),
+    "equinox_ema_axis": dict(replica_stats="count_weighted", replica_running="synchronized"),
+    "equinox_batch_axis": dict(replica_stats="count_weighted", replica_var="two_pass"),
+    "keras_sync": dict(replica_stats="count_weighted", replica_var="one_pass", replica_running="synchronized"),
+    "keras_mirrored": dict(replica_stats="none", replica_running="own"),
+    "tf_keras_sync": dict(replica_stats="count_weighted", replica_running="synchronized"),
+    "tf_keras_mirrored": dict(replica_stats="none", replica_running="own"),
+    "tf_keras_sync_masked": dict(replica_stats="count_weighted", replica_running="synchronized"),
+}
+
+
 def test_every_profile_is_pinned_here():
-    assert set(PINNED) == set(PROFILES)
+    assert set(PINNED) | set(DATA_PARALLEL) == set(PROFILES)
+
+
+@pytest.mark.parametrize("name", sorted(DATA_PARALLEL))
+def test_data_parallel_profile_pins_its_replica_knobs(name):
+    sem = get_semantics(name)
+    for knob, value in DATA_PARALLEL[name].items():
+        assert getattr(sem, knob) == value, (name, knob)
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
