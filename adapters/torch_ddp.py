@@ -8,8 +8,9 @@ rank 0's buffers are broadcast at the start of every forward), and runs its shar
 (``Case.replicas``): y and dx are the shards' results in shard order, the running statistics are
 rank 0's, and every rank's copy is in ``replica_running_mean``/``replica_running_var`` as read
 after the step. dγ, dβ are what DDP leaves in ``.grad`` (every rank's, averaged: rank 0's is
-reported). The backward of ``sum(y * dy)`` on each rank's shard. A rank that raises (one value
-per channel on its shard) stops the others; the error is reported as that rank's.
+reported). The backward of ``sum(y * dy)`` on each rank's shard. An eval step without gradients
+runs under ``torch.no_grad()``, as a validation loop does. A rank that raises (one value per
+channel on its shard) stops the others; the error is reported as that rank's.
 
 ``torch.nn.SyncBatchNorm`` refuses a CPU tensor in training (torch/nn/modules/batchnorm.py::
 SyncBatchNorm.forward: "SyncBatchNorm expected input tensor to be on GPU ..."), and its kernels
@@ -20,6 +21,7 @@ torch itself. With CUDA it runs the ranks over NCCL, one GPU each.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
@@ -58,11 +60,14 @@ def _rank_main(rank: int, world: int, init_file: str, case: Case, out_dir: str, 
         outs = []
         for step in case.steps:
             model.train(step.mode == "train")
-            x = torch.from_numpy(np.array(step.x[lo:hi], dtype=np.float64)).to(dev, dt).requires_grad_(True)
-            y = model(x)
-            model.zero_grad(set_to_none=True)
             g = step.grad_output
             grads = g is not None
+            # an eval step without gradients runs as a validation loop does, under no_grad: DDP
+            # then skips the buffer broadcast at the next forward (require_forward_param_sync)
+            x = torch.from_numpy(np.array(step.x[lo:hi], dtype=np.float64)).to(dev, dt).requires_grad_(grads)
+            with torch.no_grad() if step.mode == "eval" and not grads else contextlib.nullcontext():
+                y = model(x)
+            model.zero_grad(set_to_none=True)
             if g is not None:
                 dy = torch.from_numpy(np.array(g[lo:hi], dtype=np.float64)).to(dev, dt)
                 (y * dy).sum().backward()

@@ -32,13 +32,13 @@ from bnspec.plan import dtypes_of
 from bnspec.probes import DECISIONS, PROBES, Decision, Probe, Use
 from bnspec.records import Observation
 from bnspec.reference import reference
-from bnspec.semantics import KNOBS, MomentumWeights, Semantics
+from bnspec.semantics import ALL_KNOBS, KNOBS, REPLICA_KNOBS, MomentumWeights, Semantics
 from bnspec.worker import Worker
 
 __all__ = ["DECISIONS", "NOT_PROBED", "PROBES", "Decision", "Probe", "ProbeObservation", "candidates",
            "fingerprint", "infer", "run_probes"]
 
-NOT_PROBED = {k: v.not_probed for k, v in KNOBS.items() if v.not_probed is not None}
+NOT_PROBED = {k: v.not_probed for k, v in ALL_KNOBS.items() if v.not_probed is not None}
 _DTYPE_CHECKS = ("y_dtype", "running_dtype")  # compare's checks of the reported dtypes
 
 
@@ -59,7 +59,7 @@ class ProbeObservation:
 def candidates(knob: str, declared: Semantics) -> list[Any]:
     """The declared value first, then the other values worth telling apart."""
     current = getattr(declared, knob)
-    return [current, *KNOBS[knob].alternatives_of(current)]
+    return [current, *ALL_KNOBS[knob].alternatives_of(current)]
 
 
 # -- running the probes --
@@ -308,7 +308,9 @@ def fingerprint(adapter: Adapter, seed: int = 0, *, in_process: bool = False) ->
     judge = _Judge(observed, declared.momentum_weights)
     state, outcomes = infer(observed, declared, judge=judge)
     knobs: dict[str, Any] = {}
-    for name in KNOBS:
+    # the replica knobs for an adapter that runs replicas (the probes of one device decide nothing
+    # there: it runs no case without replicas)
+    for name in [*KNOBS, *(REPLICA_KNOBS if adapter.capabilities.replicas else ())]:
         decision = next((d for d in DECISIONS if name in d.knobs), None)
         if decision is None and name not in NOT_PROBED:
             knobs[name] = {"declared": getattr(declared, name), "agrees": True, "decided_by": "",

@@ -185,6 +185,48 @@ def _affine_form(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case
 
 _HALF = (("float16", "float32"), ("float16", "float16"), ("bfloat16", "float32"),
          ("bfloat16", "bfloat16"))
+# -- data-parallel: cases split into replica shards (only a data-parallel adapter runs them) --
+def _replicated(rng: np.random.Generator, dt: str, pdt: str, rank: int, split: tuple[int, ...], label: str,
+                loc: float = 2.0, grads: bool = False) -> Case:
+    """Two training steps, then eval, on one split: the shards' statistics part by orders of
+    magnitude more than roundoff (each shard its own centre and spread)."""
+    def batch() -> np.ndarray:
+        return np.concatenate([_batch(rng, k, 2, loc * (1 + r), 0.5 + r) for r, k in enumerate(split)])
+
+    n = sum(split)
+    xs = [batch() for _ in range(3)]
+    dys = [_ranked(rng.normal(0.0, 1.0, (n, 2)), rank) if grads else None for _ in xs]
+    return _case(xs, rank, dt, pdt, label, modes=["train", "train", "eval"], grad_outputs=dys,
+                 gamma=np.array([1.5, -0.75]), beta=np.array([0.25, -0.5]), running_mean=np.array([1.0, -1.0]),
+                 running_var=np.array([2.0, 0.5]), replicas=split)
+
+
+def _replica_uneven(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # counts 5, 3, 2: count and equal weights part; local n/(n-1) 1.25, 1.5, 2 against 10/9
+    return _replicated(rng, dt, pdt, rank, (5, 3, 2), "replica_uneven")
+
+
+def _replica_even(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # for an engine that takes equal shards only (no mask): weights agree, the rest still parts
+    return _replicated(rng, dt, pdt, rank, (3, 3, 3), "replica_even")
+
+
+def _replica_gradients(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # an adapter with a mask takes the uneven split; one without, replica_even's
+    return _replicated(rng, dt, pdt, rank, (5, 3, 2), "replica_gradients", grads=True)
+
+
+def _replica_gradients_even(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    return _replicated(rng, dt, pdt, rank, (3, 3, 3), "replica_gradients_even", grads=True)
+
+
+def _replica_offset(rng: np.random.Generator, dt: str, pdt: str, rank: int) -> Case:
+    # mean/std 1e4 in float32 over two even shards: a combined E[x^2] - mean^2 cancels
+    xs = [1e4 + rng.normal(0.0, 1.0, (8, 8)) for _ in range(2)]
+    return _case(xs, rank, dt, pdt, "replica_offset", modes=["train", "eval"], running_mean=np.full(8, 1e4),
+                 replicas=(4, 4))
+
+
 PROBES: dict[str, Probe] = {p.name: p for p in [
     Probe("ema_trajectory", "two training steps on batches of 2 from loaded running statistics, "
           "then eval: whether they update, momentum convention, first update, debias, "
@@ -219,6 +261,14 @@ PROBES: dict[str, Probe] = {p.name: p for p in [
     Probe("mixed_params", "input and parameters in different dtypes: output and state dtypes",
           _mixed_params, variants=(("float32", "float64"), ("float16", "float64"),
                                    ("bfloat16", "float64"), *_HALF)),
+    Probe("replica_uneven", "3 replicas of 5, 3, 2 samples, 2 training steps, then eval: how "
+          "statistics, running copies and n/(n-1) combine", _replica_uneven),
+    Probe("replica_even", "replica_uneven on 3 equal shards (an engine without a mask)", _replica_even),
+    Probe("replica_gradients", "replica_uneven with gradients: dx through the combined statistics, "
+          "dgamma and dbeta as replica 0 holds them", _replica_gradients),
+    Probe("replica_gradients_even", "replica_gradients on 3 equal shards", _replica_gradients_even),
+    Probe("replica_offset", "2 equal shards at mean/std 1e4 in float32: one-pass combined variance "
+          "cancels", _replica_offset, variants=(("float32", "float32"),)),
 ]}
 
 
@@ -265,6 +315,12 @@ DECISIONS: tuple[Decision, ...] = (
     # Both forms agree within the tolerance: the constant channels' exactness decides.
     Decision(("affine_form",), (("affine_form", _Y, None),), numerics=True,
              tie_break=exact_constant_channels),
+    Decision(("replica_stats", "replica_running", "replica_count"),
+             tuple((p, _Y + RUNNING + ("replica_running_mean", "replica_running_var"), None)
+                   for p in ("replica_uneven", "replica_even"))),
+    Decision(("replica_grad", "replica_param_grad"),
+             tuple((p, ("dx", "dgamma", "dbeta"), None) for p in ("replica_gradients", "replica_gradients_even"))),
+    Decision(("replica_var",), (("replica_offset", _Y + RUNNING, None),), numerics=True),
     Decision(("output_dtype",), tuple((p, ("y_dtype",), None) for p in _DTYPE_PROBES)),
     Decision(("state_dtype",), tuple((p, ("running_dtype",), None) for p in _DTYPE_PROBES)),
 )

@@ -8,6 +8,7 @@ byte for byte, on every machine, and every adapter sees the same case (where cap
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,10 +280,14 @@ def replicas_large_offset(rng: np.random.Generator, i: int) -> Case:
 
 
 def replicas_steps(rng: np.random.Generator, i: int) -> Case:
-    # replica 0's copy broadcast, each replica's own, or synchronized copies part a little each step
-    return _replicated(rng, "replicas_steps", i, _alternating(i), steps=24, loc=2.0, scale=1.5, momentum=0.1,
+    # replica 0's copy broadcast, each replica's own, or synchronized copies part a little each
+    # step; an eval step halfway, as a validation pass between training steps runs
+    case = _replicated(rng, "replicas_steps", i, _alternating(i), steps=24, loc=2.0, scale=1.5, momentum=0.1,
                        label=f"24 training steps on an {_alternating(i)} split (each replica's running "
-                       "statistics), then eval")
+                       "statistics) with an eval step after the 12th, then eval")
+    steps = list(case.steps)
+    halfway = dataclasses.replace(steps[-1], x=_batch(rng, steps[0].x.shape, 2.0, 1.5))
+    return case.replace(steps=(*steps[:12], halfway, *steps[12:]))
 
 
 def replicas_gradients(rng: np.random.Generator, i: int) -> Case:

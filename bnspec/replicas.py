@@ -305,7 +305,12 @@ def build_replica_bounds(b: Bounds, expected: Result) -> None:
         # conditioning (equal weights: a shard's mean can sit far from the global one)
         comb = moments(x, combined_one_pass, count + 1.0, spread, merged=d.replica_var == "pairwise")
         if local:
-            worst = [np.max([lb[i] for lb in local.values()], axis=0) for i in (0, 1)]
+            # the shards' moments as the combination reads them: a pairwise merge takes each
+            # shard's variance as its own algorithm forms it; two_pass and one_pass take only the
+            # shards' means and sums of squares (the one-device variance_algorithm does not enter)
+            feeding = local if d.replica_var == "pairwise" else {
+                rp.index: moments(x[rp.start:rp.stop], combined_one_pass, 0.0) for rp in sp.replicas if rp.n}
+            worst = [np.max([lb[i] for lb in feeding.values()], axis=0) for i in (0, 1)]
             comb = (np.maximum(comb[0], worst[0] * spread), np.maximum(comb[1], worst[1] * spread), *comb[2:])
 
         def of(which: str | None, index: int, comb: tuple[np.ndarray, ...] = comb,
@@ -315,9 +320,11 @@ def build_replica_bounds(b: Bounds, expected: Result) -> None:
         bounds: dict[str, Bound] = {}
         first = sp.replicas[0]
         if res.batch_mean is not None:
-            bm0 = of(first.stats if sp.source == "batch" and first.n else first.update, 0)
+            which = first.stats if sp.source == "batch" and first.n else first.update
+            bm0 = of(which, 0)
+            one = combined_one_pass if which == "combined" else b.one_pass
             bounds["batch_mean"] = Bound(_free(bm0[0], rng.free), bm0[2], d.compute, nonfinite=rng.nonfinite)
-            bounds["batch_var"] = Bound(_free(bm0[1], rng.free), bm0[4] + (bm0[3] ** 2 if b.one_pass else 0),
+            bounds["batch_var"] = Bound(_free(bm0[1], rng.free), bm0[4] + (bm0[3] ** 2 if one else 0),
                                         d.compute, nonfinite=rng.nonfinite)
         w = float(sp.weight)
         exact_w = w in (0.0, 1.0)

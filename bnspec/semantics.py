@@ -221,8 +221,6 @@ KNOBS: dict[str, Knob] = {
 # one device (Case.replicas None) every value is one-device BatchNorm. Kept apart from KNOBS:
 # a one-device profile need not cite them (a data-parallel profile cites each one it sets), the
 # fingerprint does not probe them, and attribution flips them on a case with replicas only.
-_NO_REPLICA_PROBE = ("the fingerprint's probes run one device; a replica knob is decided by the replicas_* "
-                     "properties on a data-parallel adapter (bnspec run), not yet by a probe")
 REPLICA_KNOBS: dict[str, Knob] = {
     k.name: k
     for k in [
@@ -233,7 +231,7 @@ REPLICA_KNOBS: dict[str, Knob] = {
             "concatenated global batch; torch SyncBatchNorm), or equal_weighted (each non-empty "
             "replica's mean and mean square weigh 1/R: pmean of moments; wrong for uneven shards)",
             ("none", "count_weighted", "equal_weighted"),
-            not_probed=_NO_REPLICA_PROBE,
+            probe="replica_uneven",
         ),
         Knob(
             "replica_var",
@@ -242,7 +240,7 @@ REPLICA_KNOBS: dict[str, Knob] = {
             "pairwise (Chan et al.'s merge of per-replica (count, mean, M2) in replica order)",
             ("two_pass", "one_pass", "pairwise"),
             numerics=True,
-            not_probed=_NO_REPLICA_PROBE,
+            probe="replica_offset",
         ),
         Knob(
             "replica_running",
@@ -252,14 +250,14 @@ REPLICA_KNOBS: dict[str, Knob] = {
             "replica 0's copy broadcast to all before the next step: DDP's broadcast_buffers), "
             "or mean (own, then the copies averaged: a MEAN-aggregated mirrored variable)",
             ("own", "synchronized", "replica0", "mean"),
-            not_probed=_NO_REPLICA_PROBE,
+            probe="replica_uneven",
         ),
         Knob(
             "replica_count",
             "the n of the unbiased factor n/(n-1) of a combined variance: the global batch's "
             "values per channel (global) or each replica's own (local)",
             ("global", "local"),
-            not_probed=_NO_REPLICA_PROBE,
+            probe="replica_uneven",
         ),
         Knob(
             "replica_grad",
@@ -267,7 +265,7 @@ REPLICA_KNOBS: dict[str, Knob] = {
             "sum(dy (x - mean)) all-reduced in the backward pass) or local (each replica "
             "differentiates its own shard's loss only)",
             ("global", "local"),
-            not_probed=_NO_REPLICA_PROBE,
+            probe="replica_gradients",
         ),
         Knob(
             "replica_param_grad",
@@ -276,7 +274,7 @@ REPLICA_KNOBS: dict[str, Knob] = {
             "by the world size), or replica 0's own shard's share, reduced by nothing (local: "
             "jax.pmap's gradient of a per-device loss before any psum)",
             ("sum", "mean", "local"),
-            not_probed=_NO_REPLICA_PROBE,
+            probe="replica_gradients",
         ),
     ]
 }

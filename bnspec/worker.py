@@ -285,6 +285,18 @@ class Worker:
 
 
 # -- the worker side --
+def _plain(value: Any) -> Any:
+    """``value`` with every str subclass made a str: torch.__version__ is a TorchVersion, and
+    unpickling one imports torch in the parent (~1 s and a framework in the CLI's process)."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value) if type(value) in (list, tuple) else value
+    return value
+
+
 def _serve(ref: str) -> None:
     proto_out = os.dup(1)
     os.dup2(2, 1)  # anything printed by a framework goes to stderr, not into the protocol
@@ -318,6 +330,7 @@ def _serve(ref: str) -> None:
             t0 = time.perf_counter()
             try:
                 result = adapter.run(message[1])
+                result.meta = _plain(result.meta)
                 _send(proto_out, ("result", result, time.perf_counter() - t0))
             except UnsupportedFeature as exc:
                 _send(proto_out, ("unsupported", str(exc)))

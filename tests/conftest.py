@@ -84,6 +84,7 @@ MARKS: dict[str, tuple[str, ...]] = {
     "tests/test_robustness.py::test_a_run_killed_with_sigkill_*": ("slow",),
     # the real engine over four replicas_* properties, attribution included: ~20 s each
     "tests/test_replica_wrong_implementations.py::*": ("slow",),
+    "tests/test_fingerprint_replicas.py::test_a_real_engine_*": ("slow",),
 }
 _IMPORTERS = frozenset({"importorskip", "find_spec", "import_module", "__import__"})
 _REF = re.compile(r"bnspec\.adapters\.[\w.]+:\w+")

@@ -68,3 +68,17 @@ def test_a_case_without_replicas_or_with_an_empty_one_is_not_applicable():
         run(DDP, make_case([x]))
     with pytest.raises(UnsupportedFeature, match="empty replica"):
         run(DDP, make_case([x], replicas=(4, 0)))
+
+
+def test_a_no_grad_eval_pass_between_training_steps_keeps_the_broadcast():
+    # DDP's forward under no_grad sets require_forward_param_sync = False, so the next forward
+    # skips its buffer broadcast (torch/nn/parallel/distributed.py::_post_forward); the eval pass
+    # itself broadcast rank 0's copy first and updates nothing, so the skip changes no buffer:
+    # the trajectory conforms to replica_running = replica0 and not to own
+    from bnspec.properties import generate
+
+    case = generate("replicas_steps", 0, 0)
+    assert case.steps[12].mode == "eval" and case.steps[12].grad_output is None
+    result = run(DDP, case)
+    assert compare(case, SEM, result).ok
+    assert not compare(case, SEM.replace(replica_running="own"), result).ok

@@ -5,11 +5,11 @@ from __future__ import annotations
 from bnspec.attribution import alternatives
 from bnspec.probes import DECISIONS, PROBES
 from bnspec.profiles import get_semantics
-from bnspec.semantics import KNOBS, REPLICA_KNOBS, SETTABLE_KNOBS, Semantics
+from bnspec.semantics import ALL_KNOBS, KNOBS, REPLICA_KNOBS, SETTABLE_KNOBS, Semantics
 
 
 def test_every_knob_names_its_deciding_probe_or_why_none_can():
-    for name, knob in KNOBS.items():
+    for name, knob in ALL_KNOBS.items():
         assert (knob.probe is None) != (knob.not_probed is None), name
         if knob.probe is not None:
             assert knob.probe in PROBES, (name, knob.probe)
@@ -19,7 +19,7 @@ def test_the_fingerprint_decides_each_knob_with_the_probe_its_metadata_names():
     for decision in DECISIONS:
         probes = {p for p, _quantities, _steps in decision.uses}
         for name in decision.knobs:
-            assert KNOBS[name].probe in probes, (name, KNOBS[name].probe, probes)
+            assert ALL_KNOBS[name].probe in probes, (name, ALL_KNOBS[name].probe, probes)
 
 
 def test_knobs_a_case_sets_are_never_flipped_and_are_settings_in_the_porting_guide():
@@ -38,14 +38,15 @@ def test_alternatives_are_every_other_value_of_an_enumerated_knob():
     assert KNOBS["compute_dtype"].kind == "numerics" and KNOBS["train_stats"].kind == "semantics"
 
 
-def test_replica_knobs_say_why_no_probe_decides_them_and_flip_only_on_a_case_with_replicas():
+def test_replica_knobs_are_probed_with_replicas_and_flip_only_on_a_case_with_replicas():
     import numpy as np
 
     from bnspec.case import make_case
 
     assert not set(REPLICA_KNOBS) & set(KNOBS)
     for name, knob in REPLICA_KNOBS.items():
-        assert knob.probe is None and knob.not_probed and knob.flippable and knob.values, name
+        assert knob.probe in PROBES and knob.flippable and knob.values, name
+        assert PROBES[knob.probe].build(np.random.default_rng(0), "float32", "float32", 2).replicas, name
         assert getattr(Semantics(), name) in knob.values
     assert [k for k, v in REPLICA_KNOBS.items() if v.numerics] == ["replica_var"]
     case = make_case(np.arange(4.0).reshape(4, 1), replicas=(1, 3))

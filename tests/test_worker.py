@@ -55,3 +55,16 @@ def test_a_framework_printing_on_stdout_does_not_corrupt_the_protocol():
         assert w.run(_case(2)).steps[0].y.shape == (2, 2)
     finally:
         w.close()
+
+
+def test_result_meta_reaches_the_parent_as_plain_strings():
+    # torch.__version__ is a TorchVersion (a str subclass): unpickled in the parent, it imported
+    # torch there (~1 s, and a framework in the CLI's process)
+    from bnspec.worker import _plain
+
+    class Version(str):
+        pass
+
+    meta = _plain({"torch": Version("2.13.0"), "nested": {"v": [Version("1"), (Version("2"),)]}, "n": 3})
+    assert type(meta["torch"]) is str and type(meta["nested"]["v"][0]) is str
+    assert type(meta["nested"]["v"][1][0]) is str and meta["n"] == 3
