@@ -241,7 +241,7 @@ def _replicated(rng: np.random.Generator, prop: str, i: int, kind: str, *, steps
     split = _split(rng, kind)
     shape = (sum(split), int(rng.integers(1, 4)), *_spatial(rng, _rank(prop, i)))
     xs = [_batch(rng, shape, loc, scale) for _ in range(steps + 1)]
-    modes: list[Mode] = ["train"] * steps + ["eval"]
+    modes: list[Mode] = ["train" if k < steps else "eval" for k in range(steps + 1)]
     return make_case(xs, modes=modes, grad_outputs=[rng.normal(0, 1, shape) if grads else None for _ in xs],
                      **_params(rng, shape[1]), running_mean=rng.normal(loc, 1.0, shape[1]),
                      running_var=rng.uniform(0.5, 2.0, shape[1]), eps=1e-3,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bnspec.bounds import Bound, Bounds, _free
-from bnspec.case import Case, Result, Step, StepResult, make_case
+from bnspec.case import Case, Mode, Result, Step, StepResult, make_case
 from bnspec.dtypes import np_dtype
 from bnspec.plan import Plan, ReplicaPlan, StepPlan
 from bnspec.reference import EXACT, _Arith, _batch_stats, _blend, _bshape, _flat, _inv_std, _normalize, _read
@@ -249,7 +249,8 @@ def typical_case() -> Case:
     rng = np.random.default_rng(15)
     split = (8, 5, 3)
     xs = [rng.normal(2.0, 1.5, (sum(split), 2, 3)) * np.array([1.0, 3.0]).reshape(1, 2, 1) for _ in range(25)]
-    return make_case(xs, modes=["train"] * 24 + ["eval"], momentum=0.1, eps=1e-5, replicas=split,
+    modes: list[Mode] = ["train" if k < 24 else "eval" for k in range(25)]
+    return make_case(xs, modes=modes, momentum=0.1, eps=1e-5, replicas=split,
                      gamma=np.ones(2), beta=np.zeros(2), label="typical uneven split (8, 5, 3)")
 
 
