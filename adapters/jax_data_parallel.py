@@ -50,6 +50,7 @@ from bnspec.profiles.jax_data_parallel import (
     FLAX_LINEN_AXIS_SHARD_MAP,
     FLAX_LINEN_TWO_PASS_AXIS,
     FLAX_NNX_AXIS,
+    FLAX_NNX_AXIS_SHARD_MAP,
     HAIKU_CROSS_REPLICA,
 )
 from bnspec.worker import DEFAULT_ENV
@@ -272,6 +273,9 @@ FLAX_LINEN_TWO_PASS_PMAP = _adapter(
 FLAX_NNX_PMAP = _adapter("flax_nnx_pmap", "flax", FLAX_NNX_AXIS, "flax_nnx", "pmap",
                          f"flax.nnx.BatchNorm(axis_name={AXIS!r}, mask=...) through nnx.split/merge",
                          maskable=True, counter=False)
+FLAX_NNX_SHARD_MAP = _adapter("flax_nnx_shard_map", "flax", FLAX_NNX_AXIS_SHARD_MAP, "flax_nnx", "shard_map",
+                              f"flax.nnx.BatchNorm(axis_name={AXIS!r}, mask=...) through nnx.split/merge",
+                              maskable=True, counter=False)
 HAIKU_PMAP = _adapter("haiku_pmap", "dm-haiku", HAIKU_CROSS_REPLICA, "haiku", "pmap",
                       f"haiku.BatchNorm(cross_replica_axis={AXIS!r})")
 # raises in equinox on every case (State.set; see the module docstring): kept to pin that

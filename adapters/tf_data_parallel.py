@@ -329,8 +329,11 @@ KERAS_TF_MIRRORED_SYNC_MASKED = _adapter("keras_tf_mirrored_sync_masked", profil
                                          masked=True)
 TF_KERAS_MIRRORED_SYNC = _adapter("tf_keras_mirrored_sync", profiles.TF_KERAS_SYNC, "tf_keras", True)
 TF_KERAS_MIRRORED = _adapter("tf_keras_mirrored", profiles.TF_KERAS_MIRRORED, "tf_keras", False)
+TF_KERAS_MIRRORED_MASKED = _adapter("tf_keras_mirrored_masked", profiles.TF_KERAS_MIRRORED, "tf_keras", False,
+                                    masked=True)
 TF_KERAS_MIRRORED_SYNC_MASKED = _adapter("tf_keras_mirrored_sync_masked", profiles.TF_KERAS_SYNC_MASKED,
                                          "tf_keras", True, masked=True)
 
 __all__ = ["KERAS_TF_MIRRORED", "KERAS_TF_MIRRORED_SYNC", "KERAS_TF_MIRRORED_SYNC_MASKED", "MAX_REPLICAS",
-           "TF_KERAS_MIRRORED", "TF_KERAS_MIRRORED_SYNC", "TF_KERAS_MIRRORED_SYNC_MASKED", "MirroredAdapter"]
+           "TF_KERAS_MIRRORED", "TF_KERAS_MIRRORED_MASKED", "TF_KERAS_MIRRORED_SYNC", "TF_KERAS_MIRRORED_SYNC_MASKED",
+           "MirroredAdapter"]

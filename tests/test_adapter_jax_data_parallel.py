@@ -23,10 +23,10 @@ from tests.harness import run
 pytest.importorskip("jax")
 
 MODULE = "bnspec.adapters.jax_data_parallel"
-FLAX = ["FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_LINEN_TWO_PASS_PMAP", "FLAX_NNX_PMAP"]
+FLAX = ["FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_LINEN_TWO_PASS_PMAP", "FLAX_NNX_PMAP", "FLAX_NNX_SHARD_MAP"]
 UNMASKED = ["HAIKU_PMAP", "EQUINOX_BATCH_PMAP", "EQUINOX_EMA_VMAP"]
-SHARD_MAP = {"FLAX_LINEN_SHARD_MAP"}  # dgamma/dbeta summed over the replicas; the others: device 0's own
-FAST_VARIANCE = {"FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_NNX_PMAP", "HAIKU_PMAP"}  # E[x^2] - mean^2
+SHARD_MAP = {"FLAX_LINEN_SHARD_MAP", "FLAX_NNX_SHARD_MAP"}  # dgamma/dbeta summed over the replicas; the others: device 0's own
+FAST_VARIANCE = {"FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_NNX_PMAP", "FLAX_NNX_SHARD_MAP", "HAIKU_PMAP"}  # E[x^2] - mean^2
 NEEDS = {"FLAX": "flax", "HAIKU": "haiku", "EQUINOX": "equinox"}
 
 
@@ -57,6 +57,7 @@ LABELS = {"FLAX_LINEN_PMAP": ("even", "uneven", "empty", "offset"),
           "FLAX_LINEN_SHARD_MAP": ("even", "uneven", "empty", "offset"),
           "FLAX_LINEN_TWO_PASS_PMAP": ("even", "uneven", "offset"),
           "FLAX_NNX_PMAP": ("even", "uneven", "empty", "offset"),
+          "FLAX_NNX_SHARD_MAP": ("even", "uneven", "empty", "offset"),
           **{a: ("even", "offset") for a in UNMASKED}}
 RUNS = {(a, c): CASES[c] for a, labels in LABELS.items() for c in labels}
 

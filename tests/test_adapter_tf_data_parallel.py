@@ -28,6 +28,7 @@ ADAPTERS = {
     "keras_sync": tdp.KERAS_TF_MIRRORED_SYNC, "keras_mirrored": tdp.KERAS_TF_MIRRORED,
     "keras_sync_masked": tdp.KERAS_TF_MIRRORED_SYNC_MASKED, "tf_keras_sync": tdp.TF_KERAS_MIRRORED_SYNC,
     "tf_keras_mirrored": tdp.TF_KERAS_MIRRORED, "tf_keras_sync_masked": tdp.TF_KERAS_MIRRORED_SYNC_MASKED,
+    "tf_keras_mirrored_masked": tdp.TF_KERAS_MIRRORED_MASKED,
 }
 REF = {k: f"bnspec.adapters.tf_data_parallel:{a.name.upper()}" for k, a in ADAPTERS.items()}
 SYNC = ("keras_sync", "tf_keras_sync", "tf_keras_sync_masked")
@@ -81,7 +82,7 @@ def observed():
 
 
 def test_the_profiles_are_valid_and_cite_their_replica_knobs():
-    assert {p.name for p in PROFILES} == set(ADAPTERS) - {"keras_sync_masked"}
+    assert {p.name for p in PROFILES} == set(ADAPTERS) - {"keras_sync_masked", "tf_keras_mirrored_masked"}
     for p in [*PROFILES, KERAS_SYNC_MASKED]:
         validate(p)
         for knob in ("replica_stats", "replica_running", "replica_param_grad"):
@@ -113,6 +114,9 @@ PINS = [
     ("tf_keras_mirrored", "replica_param_grad", "mean"),
     # tf.keras masks: counts all-reduced, combined by count
     ("tf_keras_sync_masked", "replica_stats", "none"), ("tf_keras_sync_masked", "replica_running", "own"),
+    # and unsynchronized with a mask: each replica's own masked moments
+    ("tf_keras_mirrored_masked", "replica_stats", "count_weighted"),
+    ("tf_keras_mirrored_masked", "replica_running", "synchronized"),
 ]
 
 
@@ -186,6 +190,13 @@ def test_tf_keras_synchronized_empty_shard_skips_its_update(observed):
     for step in result.steps:
         np.testing.assert_array_equal(step.replica_running_mean[1], case.running_mean)
         np.testing.assert_array_equal(step.replica_running_mean[0], step.replica_running_mean[2])
+
+
+def test_tf_keras_unsynchronized_all_padding_shard_decays_its_copy_towards_zero(observed):
+    # an all-masked replica's masked moments are 0: blended in, 0.5 -> 0.5 * 0.75 (as Keras 3's)
+    case, result = observed["tf_keras_mirrored_masked"]["empty"]
+    np.testing.assert_allclose(result.steps[0].replica_running_mean[1], case.running_mean * 0.75, rtol=1e-12)
+    assert not compare(case, _sem("tf_keras_mirrored_masked"), result).ok
 
 
 def test_keras_masked_all_padding_shard_decays_its_copy_towards_zero(observed):

@@ -57,6 +57,7 @@ DATA_PARALLEL = {
     "flax_linen_axis_shard_map": dict(replica_stats="equal_weighted", replica_param_grad="sum"),
     "flax_linen_two_pass_axis": dict(replica_stats="equal_weighted", replica_var="two_pass"),
     "flax_nnx_axis": dict(replica_stats="equal_weighted", replica_running="synchronized"),
+    "flax_nnx_axis_shard_map": dict(replica_stats="equal_weighted", replica_param_grad="sum"),
     "haiku_cross_replica": dict(replica_stats="equal_weighted", replica_var="one_pass"),
     "equinox_ema_axis": dict(replica_stats="count_weighted", replica_running="synchronized"),
     "equinox_batch_axis": dict(replica_stats="count_weighted", replica_var="two_pass"),

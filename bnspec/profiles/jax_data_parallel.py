@@ -116,6 +116,17 @@ FLAX_NNX_AXIS = Profile(
     state_names=FLAX_NNX.state_names,
 )
 
+FLAX_NNX_AXIS_SHARD_MAP = Profile(
+    name="flax_nnx_axis_shard_map",
+    framework="flax",
+    title="flax.nnx.BatchNorm(axis_name=...) under jax.shard_map (parameters replicated)",
+    semantics=FLAX_NNX_AXIS.semantics.replace(replica_param_grad="sum"),
+    cite={**FLAX_NNX_AXIS.cite, "replica_param_grad": FLAX_LINEN_AXIS_SHARD_MAP.cite["replica_param_grad"]},
+    confirmed=_FLAX_CONFIRMED.format("flax.nnx.BatchNorm(axis_name=...) through nnx.split/merge",
+                                     " and jax.shard_map"),
+    state_names=FLAX_NNX.state_names,
+)
+
 HAIKU_CROSS_REPLICA = Profile(
     name="haiku_cross_replica",
     framework="dm-haiku",
@@ -176,4 +187,4 @@ EQUINOX_BATCH_AXIS = Profile(
 )
 
 PROFILES = [FLAX_LINEN_AXIS, FLAX_LINEN_AXIS_SHARD_MAP, FLAX_LINEN_TWO_PASS_AXIS, FLAX_NNX_AXIS,
-            HAIKU_CROSS_REPLICA, EQUINOX_EMA_AXIS, EQUINOX_BATCH_AXIS]
+            FLAX_NNX_AXIS_SHARD_MAP, HAIKU_CROSS_REPLICA, EQUINOX_EMA_AXIS, EQUINOX_BATCH_AXIS]
