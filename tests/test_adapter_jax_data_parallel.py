@@ -23,10 +23,13 @@ from tests.harness import run
 pytest.importorskip("jax")
 
 MODULE = "bnspec.adapters.jax_data_parallel"
-FLAX = ["FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_LINEN_TWO_PASS_PMAP", "FLAX_NNX_PMAP", "FLAX_NNX_SHARD_MAP"]
+FLAX = ["FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_LINEN_TWO_PASS_PMAP", "FLAX_NNX_PMAP",
+        "FLAX_NNX_SHARD_MAP"]
 UNMASKED = ["HAIKU_PMAP", "EQUINOX_BATCH_PMAP", "EQUINOX_EMA_VMAP"]
-SHARD_MAP = {"FLAX_LINEN_SHARD_MAP", "FLAX_NNX_SHARD_MAP"}  # dgamma/dbeta summed over the replicas; the others: device 0's own
-FAST_VARIANCE = {"FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_NNX_PMAP", "FLAX_NNX_SHARD_MAP", "HAIKU_PMAP"}  # E[x^2] - mean^2
+# dgamma/dbeta summed over the replicas; the others: device 0's own
+SHARD_MAP = {"FLAX_LINEN_SHARD_MAP", "FLAX_NNX_SHARD_MAP"}
+FAST_VARIANCE = {"FLAX_LINEN_PMAP", "FLAX_LINEN_SHARD_MAP", "FLAX_NNX_PMAP", "FLAX_NNX_SHARD_MAP",
+                 "HAIKU_PMAP"}  # E[x^2] - mean^2
 NEEDS = {"FLAX": "flax", "HAIKU": "haiku", "EQUINOX": "equinox"}
 
 
