@@ -82,3 +82,15 @@ def test_a_no_grad_eval_pass_between_training_steps_keeps_the_broadcast():
     result = run(DDP, case)
     assert compare(case, SEM, result).ok
     assert not compare(case, SEM.replace(replica_running="own"), result).ok
+
+
+def test_sync_batchnorm_is_not_applicable_without_cuda_with_torchs_own_refusal():
+    # what profiles/torch_data_parallel.py's pytorch_sync says it cannot confirm here: torch
+    # itself refuses a CPU tensor in SyncBatchNorm's training forward (the adapter's setup probe)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA here: torch_sync runs instead")
+    case = replica_case(np.random.default_rng(1), 0, replicas=2)
+    with pytest.raises(UnsupportedFeature, match="needs CUDA.*SyncBatchNorm expected input tensor to be on GPU"):
+        run("bnspec.adapters.torch_ddp:TORCH_SYNC", case)
